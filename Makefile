@@ -1,0 +1,37 @@
+# Thin wrapper over CMake. The two set-up commands are `make run` and `make test`.
+#   make         build/rastro (release)
+#   make run     install missing Debian packages, build, serve on 127.0.0.1:8000 with data in ./data
+#   make test    install missing packages, build with ASan+UBSan, run the whole suite through ctest
+#   make bench   (see BENCHMARKS.md)
+# CI=true turns warnings into errors.
+
+BUILD      ?= build
+TEST_BUILD ?= build-test
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+LISTEN     ?= 127.0.0.1:8000
+DATA       ?= ./data
+WERROR     := $(if $(filter true 1,$(CI)),ON,OFF)
+
+# Debian packages the build, the tests and `make run` need.
+PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjson-dev \
+        python3 sqlite3
+
+.PHONY: all run test deps clean bench
+
+all:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRASTRO_WERROR=$(WERROR) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS) --target rastro
+
+deps:
+	@sh tools/install-deps.sh $(PKGS)
+
+run: deps all
+	./$(BUILD)/rastro serve --listen $(LISTEN) --data $(DATA)
+
+test: deps
+	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DRASTRO_SANITIZE=ON -DRASTRO_WERROR=$(WERROR) >/dev/null
+	cmake --build $(TEST_BUILD) -j $(JOBS)
+	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+clean:
+	rm -rf $(BUILD) $(TEST_BUILD)

@@ -1,0 +1,151 @@
+/*
+ * main.c - command line: rastro serve | rebuild | events | --help | --version.
+ * Options come from flags first, then RASTRO_* environment variables, then
+ * defaults.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app/service.h"
+#include "core/log.h"
+
+static const char usage[] =
+    "rastro " RASTRO_VERSION " - impression and conversion tracking (event sourcing + CQRS)\n"
+    "\n"
+    "Usage:\n"
+    "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
+    "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
+    "      and queries (GET /tracking/queries/...). Answers 202 only once the event is\n"
+    "      durable on disk. SIGTERM/SIGINT: finish commits in flight, catch up, exit 0.\n"
+    "  rastro rebuild [--data DIR]\n"
+    "      Rebuild every read model from position 0 into a new file and swap it in\n"
+    "      atomically. The server must be stopped.\n"
+    "  rastro events  [--data DIR] [--from POS] [--limit N] [--stream ID] [--type T]\n"
+    "      Print the event log (the audit trail) as JSON lines, one event a line.\n"
+    "  rastro --help | --version\n"
+    "\n"
+    "Options:\n"
+    "  --listen ADDR:PORT  where to listen (env RASTRO_LISTEN; default 127.0.0.1:8000)\n"
+    "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
+    "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
+    "  --threads N         HTTP worker threads (default: one per CPU)\n"
+    "  --log-level L       debug, info, warn or error (env RASTRO_LOG_LEVEL; default info)\n"
+    "  --from POS          events: first position to print (default 1)\n"
+    "  --limit N           events: print at most N events\n"
+    "  --stream ID         events: only this stream, e.g. impresion:7f3c...\n"
+    "  --type T            events: only this type, e.g. ConversionRegistrada\n";
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : dflt;
+}
+
+static int parse_i64(const char *s, const char *opt, long long min, int64_t *out)
+{
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < min) {
+        fprintf(stderr, "rastro: %s wants an integer >= %lld, got '%s'\n", opt, min, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+        printf("rastro %s\n", RASTRO_VERSION);
+        return 0;
+    }
+    struct config cfg = {
+        .listen = env_or("RASTRO_LISTEN", "127.0.0.1:8000"),
+        .data = env_or("RASTRO_DATA", "./data"),
+        .store = env_or("RASTRO_STORE", "sqlite"),
+        .threads = 0,
+        .from = 1,
+        .limit = -1,
+    };
+    const char *level = env_or("RASTRO_LOG_LEVEL", "info");
+    static const struct option opts[] = {
+        { "listen", required_argument, NULL, 'l' },
+        { "data", required_argument, NULL, 'd' },
+        { "store", required_argument, NULL, 's' },
+        { "threads", required_argument, NULL, 'j' },
+        { "log-level", required_argument, NULL, 'L' },
+        { "from", required_argument, NULL, 'f' },
+        { "limit", required_argument, NULL, 'n' },
+        { "stream", required_argument, NULL, 'S' },
+        { "type", required_argument, NULL, 't' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    optind = 2;
+    int c;
+    int64_t v;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'l': cfg.listen = optarg; break;
+        case 'd': cfg.data = optarg; break;
+        case 's': cfg.store = optarg; break;
+        case 'L': level = optarg; break;
+        case 'S': cfg.stream = optarg; break;
+        case 't': cfg.type = optarg; break;
+        case 'j':
+            if (parse_i64(optarg, "--threads", 1, &v) != 0 || v > 256) {
+                return 2;
+            }
+            cfg.threads = (unsigned)v;
+            break;
+        case 'f':
+            if (parse_i64(optarg, "--from", 1, &cfg.from) != 0) {
+                return 2;
+            }
+            break;
+        case 'n':
+            if (parse_i64(optarg, "--limit", 0, &cfg.limit) != 0) {
+                return 2;
+            }
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return 0;
+        default:
+            fputs("Try 'rastro --help'.\n", stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rastro: unexpected argument '%s'. Try 'rastro --help'.\n", argv[optind]);
+        return 2;
+    }
+    enum log_level lvl;
+    if (!log_parse_level(level, &lvl)) {
+        fprintf(stderr, "rastro: unknown log level '%s' (debug, info, warn, error)\n", level);
+        return 2;
+    }
+    log_set_level(lvl);
+    if (strcmp(cmd, "serve") == 0) {
+        return service_serve(&cfg);
+    }
+    if (strcmp(cmd, "rebuild") == 0) {
+        return service_rebuild(&cfg);
+    }
+    if (strcmp(cmd, "events") == 0) {
+        return service_events(&cfg);
+    }
+    fprintf(stderr, "rastro: unknown command '%s'. Try 'rastro --help'.\n", cmd);
+    return 2;
+}

@@ -1,0 +1,344 @@
+/*
+ * service.c - serve, rebuild and events: opens the layers in order, runs,
+ * and shuts down in the reverse order so nothing acknowledged is lost:
+ *
+ *   stop accepting -> committer commits what is queued (and resumes those
+ *   connections) -> projector catches up (and wakes waiters) -> HTTP
+ *   daemon stops -> everything is closed.
+ *
+ * The data folder holds events.db (the store), readmodels.db (the read
+ * models) and rastro.lock, an flock(2) that keeps a second server or a
+ * rebuild out while one runs.
+ */
+#include "app/service.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bus/bus.h"
+#include "core/jsonw.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "http/server.h"
+#include "proj/projector.h"
+#include "store/committer.h"
+#include "store/evstore.h"
+
+#define COMMIT_BATCH_MAX 4096
+
+static int path_in(const char *dir, const char *name, char *out, size_t max)
+{
+    int n = snprintf(out, max, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < max ? 0 : -1;
+}
+
+static int ensure_dir(const char *dir)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        log_error("cannot create data folder", "path=%s err=\"%s\"", dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes the data folder's lock; returns its fd or -1 (and says why). */
+static int lock_data(const char *dir, const char *what)
+{
+    char path[4096];
+    if (path_in(dir, "rastro.lock", path, sizeof(path)) != 0) {
+        return -1;
+    }
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        log_error("cannot open lock file", "path=%s err=\"%s\"", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        fprintf(stderr, "rastro: cannot %s: the data folder %s is in use by a running rastro"
+                        " (pid %s); stop it first\n", what, dir, pid[0] ? pid : "?");
+        close(fd);
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+        log_warn("cannot write pid to lock file", "path=%s", path);
+    }
+    return fd;
+}
+
+static void on_commit(void *arg, int64_t head)
+{
+    bus_announce(arg, head);
+}
+
+int service_serve(const struct config *cfg)
+{
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    /* every thread started from here on inherits the mask: signals come to sigwait */
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (ensure_dir(cfg->data) != 0) {
+        return 1;
+    }
+    int lock = lock_data(cfg->data, "serve");
+    if (lock < 0) {
+        return 1;
+    }
+    int status = 1;
+    struct err e;
+    err_clear(&e);
+    struct evstore *store = NULL;
+    struct committer *committer = NULL;
+    struct bus *bus = NULL;
+    struct projector *proj = NULL;
+    struct http_server *http = NULL;
+    char rm_path[4096];
+    path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path));
+
+    int64_t t0 = time_mono_us();
+    if (evstore_open(cfg->store, cfg->data, 0, &store, &e) != ERR_OK) {
+        log_error("cannot open event store", "err=\"%s\"", e.msg);
+        goto out;
+    }
+    int64_t head = 0;
+    if (evstore_head(store, &head, &e) != ERR_OK) {
+        log_error("cannot read event store head", "err=\"%s\"", e.msg);
+        evstore_close(store);
+        goto out;
+    }
+    log_info("event store open", "store=%s events=%lld open_ms=%lld", cfg->store,
+             (long long)head, (long long)((time_mono_us() - t0) / 1000));
+    committer = committer_new(store, COMMIT_BATCH_MAX);
+    bus = bus_local_new(head);
+    committer_set_listener(committer, on_commit, bus);
+
+    if (projector_new(cfg->store, cfg->data, rm_path, bus, &proj, &e) != ERR_OK ||
+        projector_start(proj, &e) != ERR_OK) {
+        log_error("cannot start projections", "err=\"%s\"", e.msg);
+        goto out;
+    }
+    struct http_deps deps = {
+        .committer = committer, .projector = proj, .rm_path = rm_path, .threads = cfg->threads,
+    };
+    if (http_start(cfg->listen, &deps, &http, &e) != ERR_OK) {
+        log_error("cannot start HTTP server", "err=\"%s\"", e.msg);
+        goto out;
+    }
+    log_info("listening", "addr=%s data=%s position=%lld projected=%lld", cfg->listen, cfg->data,
+             (long long)head, (long long)projector_position(proj));
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+    status = 0;
+out:
+    http_quiesce(http);
+    if (committer != NULL) {
+        committer_stop(committer);
+    }
+    if (proj != NULL) {
+        projector_stop(proj);
+    }
+    for (int i = 0; http != NULL && http_suspended(http) > 0 && i < 500; i++) {
+        usleep(10000);      /* resumed connections are answering */
+    }
+    http_stop(http);
+    if (proj != NULL && status == 0) {
+        log_info("stopped", "position=%lld projected=%lld",
+                 (long long)committer_head(committer), (long long)projector_position(proj));
+    }
+    projector_free(proj);
+    committer_free(committer);
+    bus_close(bus);
+    close(lock);
+    return status;
+}
+
+/* Removes path and its -wal and -shm companions. */
+static void remove_db(const char *path)
+{
+    char p[4200];
+    unlink(path);
+    snprintf(p, sizeof(p), "%s-wal", path);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s-shm", path);
+    unlink(p);
+}
+
+static int fsync_path(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int service_rebuild(const struct config *cfg)
+{
+    char events[4096], rm_path[4096], tmp[4096];
+    if (path_in(cfg->data, "events.db", events, sizeof(events)) != 0 ||
+        path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path)) != 0 ||
+        path_in(cfg->data, "readmodels.db.rebuild", tmp, sizeof(tmp)) != 0) {
+        return 1;
+    }
+    struct stat st;
+    if ((cfg->store == NULL || strcmp(cfg->store, "sqlite") == 0) && stat(events, &st) != 0) {
+        fprintf(stderr, "rastro: no event store in %s (nothing to rebuild from)\n", cfg->data);
+        return 1;
+    }
+    int lock = lock_data(cfg->data, "rebuild");
+    if (lock < 0) {
+        return 1;
+    }
+    int status = 1;
+    struct err e;
+    err_clear(&e);
+    struct projector *p = NULL;
+    remove_db(tmp);
+    int64_t t0 = time_mono_us();
+    if (projector_new(cfg->store, cfg->data, tmp, NULL, &p, &e) != ERR_OK ||
+        projector_run_to_head(p, &e) != ERR_OK) {
+        fprintf(stderr, "rastro: rebuild failed: %s\n", e.msg);
+        goto out;
+    }
+    struct projector_stats ps;
+    projector_get_stats(p, &ps);
+    projector_free(p);
+    p = NULL;
+
+    /* fold the WAL into the file so the new read models are one file */
+    sqlite3 *db = NULL;
+    if (sqlite3_open(tmp, &db) != SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL) != SQLITE_OK) {
+        fprintf(stderr, "rastro: rebuild failed: %s\n", db ? sqlite3_errmsg(db) : "open");
+        sqlite3_close(db);
+        goto out;
+    }
+    sqlite3_close(db);
+    /* the old WAL must go before the swap: it belongs to the old file */
+    char p1[4200];
+    snprintf(p1, sizeof(p1), "%s-wal", rm_path);
+    unlink(p1);
+    snprintf(p1, sizeof(p1), "%s-shm", rm_path);
+    unlink(p1);
+    if (fsync_path(tmp, O_RDONLY) != 0 || rename(tmp, rm_path) != 0 ||
+        fsync_path(cfg->data, O_RDONLY | O_DIRECTORY) != 0) {
+        fprintf(stderr, "rastro: rebuild failed swapping in %s: %s\n", rm_path, strerror(errno));
+        goto out;
+    }
+    double secs = (double)(time_mono_us() - t0) / 1e6;
+    printf("rebuilt read models from %lld events (%lld applied, %lld skipped, %lld invalid)"
+           " in %.2f s: %.0f events/s\n",
+           (long long)ps.position, (long long)ps.applied, (long long)ps.skipped,
+           (long long)ps.invalid, secs, secs > 0 ? (double)ps.position / secs : 0.0);
+    status = 0;
+out:
+    projector_free(p);
+    if (status != 0) {
+        remove_db(tmp);
+    }
+    close(lock);
+    return status;
+}
+
+struct events_out {
+    const struct config *cfg;
+    int64_t printed;
+    int64_t last;
+    struct buf line;
+};
+
+static int print_event(const struct event_rec *ev, void *arg)
+{
+    struct events_out *o = arg;
+    o->last = ev->position;
+    if (o->cfg->stream != NULL && strcmp(ev->stream_id, o->cfg->stream) != 0) {
+        return 0;
+    }
+    if (o->cfg->type != NULL && strcmp(ev->type, o->cfg->type) != 0) {
+        return 0;
+    }
+    char id[UUID_STR_LEN + 1], ts[TS_STR_LEN + 1];
+    uuid_format(&ev->event_id, id);
+    time_format_iso8601(ev->recorded_at_us, ts);
+    struct jsonw w;
+    buf_reset(&o->line);
+    jsonw_init(&w, &o->line);
+    jsonw_obj_open(&w);
+    jsonw_kint(&w, "position", ev->position);
+    jsonw_kstr(&w, "event_id", id);
+    jsonw_kstr(&w, "stream_id", ev->stream_id);
+    jsonw_kint(&w, "stream_version", ev->stream_version);
+    jsonw_kstr(&w, "type", ev->type);
+    jsonw_kint(&w, "schema_version", ev->schema_version);
+    jsonw_kstr(&w, "recorded_at", ts);
+    jsonw_key(&w, "data");
+    jsonw_raw(&w, ev->data);
+    jsonw_key(&w, "metadata");
+    jsonw_raw(&w, ev->metadata);
+    jsonw_obj_close(&w);
+    if (jsonw_status(&w) != ERR_OK) {
+        return -1;
+    }
+    fwrite(o->line.p, 1, o->line.len, stdout);
+    fputc('\n', stdout);
+    o->printed++;
+    return o->cfg->limit >= 0 && o->printed >= o->cfg->limit ? 1 : 0;
+}
+
+int service_events(const struct config *cfg)
+{
+    char events[4096];
+    struct stat st;
+    if (path_in(cfg->data, "events.db", events, sizeof(events)) != 0) {
+        return 1;
+    }
+    if ((cfg->store == NULL || strcmp(cfg->store, "sqlite") == 0) && stat(events, &st) != 0) {
+        fprintf(stderr, "rastro: no event store in %s\n", cfg->data);
+        return 1;
+    }
+    struct evstore *s = NULL;
+    struct err e;
+    err_clear(&e);
+    if (evstore_open(cfg->store, cfg->data, EVSTORE_READONLY, &s, &e) != ERR_OK) {
+        fprintf(stderr, "rastro: %s\n", e.msg);
+        return 1;
+    }
+    struct events_out o = { .cfg = cfg, .printed = 0, .last = cfg->from - 1 };
+    buf_init(&o.line, 0);
+    int rc = 0;
+    for (;;) {
+        int64_t before = o.last;
+        rc = evstore_read(s, o.last + 1, 1000, print_event, &o, &e);
+        if (rc != 0 || o.last == before) {
+            break;
+        }
+    }
+    buf_fini(&o.line);
+    evstore_close(s);
+    if (fflush(stdout) != 0 || rc < 0) {
+        fprintf(stderr, "rastro: %s\n", rc < 0 ? e.msg : "write error");
+        return 1;
+    }
+    return 0;
+}

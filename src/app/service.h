@@ -1,0 +1,26 @@
+/*
+ * service.h - the commands of the rastro binary, wired from the layers.
+ * This is the only place that knows every layer.
+ */
+#ifndef RASTRO_APP_SERVICE_H
+#define RASTRO_APP_SERVICE_H
+
+#include <stdint.h>
+
+struct config {
+    const char *listen;     /* serve */
+    const char *data;       /* data folder */
+    const char *store;      /* event store spec ("sqlite") */
+    unsigned threads;       /* HTTP threads, 0 = CPUs */
+    /* events */
+    int64_t from;
+    int64_t limit;          /* -1 = all */
+    const char *stream;
+    const char *type;
+};
+
+int service_serve(const struct config *cfg);
+int service_rebuild(const struct config *cfg);
+int service_events(const struct config *cfg);
+
+#endif

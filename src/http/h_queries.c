@@ -1,0 +1,149 @@
+/*
+ * h_queries.c - GET /tracking/queries/... and the health endpoints.
+ *
+ * Every query answer carries X-Rastro-Position: the position the read
+ * models reflected before the query ran (the projector publishes its
+ * position only after committing, so the data seen is at least that new).
+ * ?min_position=N suspends the connection until the projector reaches N or
+ * wait_ms passes (then 503 + Retry-After); no worker thread waits.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#include "core/jsonw.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "http/http_internal.h"
+
+#define LIMIT_DEFAULT 100
+#define LIMIT_MAX 1000
+#define WAIT_DEFAULT_MS 2000
+#define WAIT_MAX_MS 60000
+
+static const char *arg(struct req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static void on_position(struct proj_waiter *w)
+{
+    struct req *r = (struct req *)((char *)w - offsetof(struct req, waiter));
+    atomic_store(&r->state, ST_READY);
+    http_resume(r);
+}
+
+static enum MHD_Result run_query(struct req *r)
+{
+    struct http_server *s = r->srv;
+    int64_t limit = 0, offset = 0;
+    if (r->route.id == R_Q_LIST) {
+        if (query_int(arg(r, "limit"), LIMIT_DEFAULT, 1, LIMIT_MAX, &limit) != ERR_OK) {
+            return http_reply_error(r, MHD_HTTP_BAD_REQUEST,
+                                    "limit must be an integer from 1 to 1000", "limit");
+        }
+        if (query_int(arg(r, "offset"), 0, 0, INT64_MAX / 2, &offset) != ERR_OK) {
+            return http_reply_error(r, MHD_HTTP_BAD_REQUEST,
+                                    "offset must be an integer >= 0", "offset");
+        }
+    }
+    r->pos_header = projector_position(s->deps.projector);
+    struct err e;
+    err_clear(&e);
+    struct readmodel *rm = http_rm_get(s, &e);
+    if (rm == NULL) {
+        log_error("cannot open read models", "err=\"%s\"", e.msg);
+        r->retry_after = 1;
+        return http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "read models unavailable", NULL);
+    }
+    struct buf out;
+    buf_init(&out, 0);
+    int rc;
+    switch (r->route.id) {
+    case R_Q_BYID:
+        rc = rm_query_by_id(rm, r->route.kind, r->route.key, &out, &e);
+        break;
+    case R_Q_LIST:
+        rc = rm_query_list(rm, r->route.scope, r->route.key, r->route.kind, limit, offset, &out, &e);
+        break;
+    default:
+        rc = rm_query_stats(rm, r->route.scope, r->route.key, &out, &e);
+        break;
+    }
+    http_rm_put(s, rm);
+    enum MHD_Result ret;
+    if (rc == ERR_OK) {
+        ret = http_reply(r, MHD_HTTP_OK, &out);
+    } else if (rc == ERR_NOTFOUND) {
+        ret = http_reply_error(r, MHD_HTTP_NOT_FOUND, e.msg, NULL);
+    } else {
+        log_error("query failed", "err=\"%s\"", e.msg);
+        r->retry_after = 1;
+        ret = http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "read models unavailable", NULL);
+    }
+    buf_fini(&out);
+    return ret;
+}
+
+enum MHD_Result h_query(struct req *r)
+{
+    struct projector *p = r->srv->deps.projector;
+    int st = atomic_load(&r->state);
+    if (st == ST_WAITING) {
+        return MHD_YES;
+    }
+    if (st == ST_READY) {
+        if (projector_position(p) < r->min_position) {
+            r->pos_header = projector_position(p);
+            r->retry_after = 1;
+            return http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
+                                    "read models have not reached min_position yet", "min_position");
+        }
+        return run_query(r);
+    }
+    if (query_int(arg(r, "min_position"), 0, 0, INT64_MAX, &r->min_position) != ERR_OK) {
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "min_position must be an integer >= 0",
+                                "min_position");
+    }
+    if (query_int(arg(r, "wait_ms"), WAIT_DEFAULT_MS, 0, WAIT_MAX_MS, &r->wait_ms) != ERR_OK) {
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "wait_ms must be an integer from 0 to 60000",
+                                "wait_ms");
+    }
+    if (projector_position(p) >= r->min_position) {
+        return run_query(r);
+    }
+    r->waiter.min_position = r->min_position;
+    r->waiter.deadline_us = time_mono_us() + r->wait_ms * 1000;
+    r->waiter.wake = on_position;
+    atomic_store(&r->state, ST_WAITING);
+    http_suspend(r);
+    projector_add_waiter(p, &r->waiter);
+    return MHD_YES;
+}
+
+enum MHD_Result h_health(struct req *r)
+{
+    struct http_server *s = r->srv;
+    int64_t head = committer_head(s->deps.committer);
+    int64_t pos = projector_position(s->deps.projector);
+    struct buf b;
+    struct jsonw w;
+    buf_init(&b, 0);
+    jsonw_init(&w, &b);
+    jsonw_obj_open(&w);
+    jsonw_kstr(&w, "status", "ok");
+    jsonw_kstr(&w, "version", RASTRO_VERSION);
+    if (r->route.id == R_Q_HEALTH) {
+        r->pos_header = pos;
+        jsonw_kint(&w, "position", pos);
+        jsonw_kint(&w, "store_position", head);
+        jsonw_kint(&w, "lag_events", head > pos ? head - pos : 0);
+    } else {
+        jsonw_kint(&w, "store_position", head);
+        jsonw_kint(&w, "pending_commits", committer_pending(s->deps.committer));
+    }
+    jsonw_kint(&w, "uptime_seconds", (time_mono_us() - s->started_us) / 1000000);
+    jsonw_obj_close(&w);
+    enum MHD_Result ret = http_reply(r, MHD_HTTP_OK, &b);
+    buf_fini(&b);
+    return ret;
+}

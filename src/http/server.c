@@ -1,0 +1,306 @@
+/*
+ * server.c - see server.h. libmicrohttpd 0.9.75 notes that shaped this:
+ *  - No response is queued on the first call of the access handler (before
+ *    the per-request context exists); doing so makes MHD answer
+ *    "Connection: close" to everything and throughput falls sevenfold.
+ *  - Our own router decodes the path segment by segment (an id may hold
+ *    %2F), so MHD's unescaping is replaced by a no-op and query-string
+ *    values are decoded by router.c too.
+ *  - MHD_stop_daemon() must not run while connections are suspended: the
+ *    service stops the committer and the projector first, which resumes
+ *    every suspended connection.
+ */
+#include "http/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/jsonw.h"
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "core/xmalloc.h"
+#include "http/http_internal.h"
+
+enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
+{
+    size_t len = body->len;
+    char *p = buf_take(body);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(p);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json; charset=utf-8");
+    if (r->pos_header >= 0) {
+        char v[32];
+        snprintf(v, sizeof(v), "%lld", (long long)r->pos_header);
+        MHD_add_response_header(resp, "X-Rastro-Position", v);
+    }
+    if (r->retry_after > 0) {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", r->retry_after);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->route.allow != NULL) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->route.allow);
+    }
+    enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result http_reply_error(struct req *r, unsigned status, const char *msg,
+                                 const char *field)
+{
+    struct buf b;
+    struct jsonw w;
+    buf_init(&b, 0);
+    jsonw_init(&w, &b);
+    jsonw_obj_open(&w);
+    jsonw_kstr(&w, "error", msg);
+    if (field != NULL && field[0] != '\0') {
+        jsonw_kstr(&w, "field", field);
+    }
+    jsonw_obj_close(&w);
+    enum MHD_Result ret = http_reply(r, status, &b);
+    buf_fini(&b);
+    return ret;
+}
+
+void http_suspend(struct req *r)
+{
+    atomic_fetch_add(&r->srv->suspended, 1);
+    MHD_suspend_connection(r->conn);
+}
+
+void http_resume(struct req *r)
+{
+    struct http_server *s = r->srv;
+    MHD_resume_connection(r->conn);
+    atomic_fetch_sub(&s->suspended, 1);
+}
+
+int http_suspended(struct http_server *s)
+{
+    return atomic_load(&s->suspended);
+}
+
+struct readmodel *http_rm_get(struct http_server *s, struct err *e)
+{
+    struct readmodel *rm = NULL;
+    pthread_mutex_lock(&s->pool_mu);
+    if (s->pool_n > 0) {
+        rm = s->pool[--s->pool_n];
+    }
+    pthread_mutex_unlock(&s->pool_mu);
+    if (rm == NULL && readmodel_open(s->deps.rm_path, RM_READER, &rm, e) != ERR_OK) {
+        return NULL;
+    }
+    return rm;
+}
+
+void http_rm_put(struct http_server *s, struct readmodel *rm)
+{
+    pthread_mutex_lock(&s->pool_mu);
+    if (s->pool_n == s->pool_cap) {
+        s->pool_cap = s->pool_cap ? s->pool_cap * 2 : 8;
+        s->pool = xrealloc(s->pool, s->pool_cap * sizeof(*s->pool));
+    }
+    s->pool[s->pool_n++] = rm;
+    pthread_mutex_unlock(&s->pool_mu);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    struct req *r = *con_cls;
+    if (r == NULL) {
+        r = xcalloc(1, sizeof(*r));
+        r->srv = cls;
+        r->conn = conn;
+        r->pos_header = -1;
+        r->route_rc = route_match(method, url, &r->route);
+        buf_init(&r->body, BODY_MAX);
+        buf_init(&r->data, 0);
+        buf_init(&r->meta, 0);
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (r->route_rc == ERR_OK && r->route.id == R_CMD) {
+        return h_command(r, upload, upload_size);
+    }
+    if (*upload_size > 0) {
+        *upload_size = 0;           /* a body where none belongs: read and drop it */
+        return MHD_YES;
+    }
+    switch (r->route_rc) {
+    case ERR_OK:
+        break;
+    case ROUTE_BAD_METHOD:
+        return http_reply_error(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed on this path",
+                                NULL);
+    case ROUTE_BAD_PATH:
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "malformed percent-escape in path",
+                                "path");
+    default:
+        return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not found", NULL);
+    }
+    if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH) {
+        return h_health(r);
+    }
+    return h_query(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    struct req *r = *con_cls;
+    if (r == NULL) {
+        return;
+    }
+    buf_fini(&r->body);
+    buf_fini(&r->data);
+    buf_fini(&r->meta);
+    commit_req_fini(&r->creq);
+    free(r);
+    *con_cls = NULL;
+}
+
+/* MHD decodes %XX before we see the URL unless told not to. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
+}
+
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, bool *v6,
+                        struct err *e)
+{
+    char host[256];
+    const char *colon = strrchr(listen, ':');
+    if (colon == NULL || colon[1] == '\0') {
+        return err_set(e, ERR_INVALID, "--listen wants ADDR:PORT, got '%s'", listen);
+    }
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || port < 0 || port > 65535) {
+        return err_set(e, ERR_INVALID, "bad port in --listen '%s'", listen);
+    }
+    size_t hl = (size_t)(colon - listen);
+    if (hl >= sizeof(host)) {
+        return err_set(e, ERR_INVALID, "--listen address too long");
+    }
+    memcpy(host, listen, hl);
+    host[hl] = '\0';
+    memset(ss, 0, sizeof(*ss));
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1) {
+            return err_set(e, ERR_INVALID, "bad IPv6 address in --listen '%s'", listen);
+        }
+        *v6 = true;
+        return ERR_OK;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (hl == 0) {
+        a->sin_addr.s_addr = htonl(INADDR_ANY);
+    } else if (inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host,
+                         &a->sin_addr) != 1) {
+        return err_set(e, ERR_INVALID, "bad IPv4 address in --listen '%s'", listen);
+    }
+    *v6 = false;
+    return ERR_OK;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n') {
+        msg[--n] = '\0';
+    }
+    log_warn("libmicrohttpd", "detail=\"%s\"", msg);
+}
+
+int http_start(const char *listen, const struct http_deps *deps, struct http_server **out,
+               struct err *e)
+{
+    struct sockaddr_storage ss;
+    bool v6 = false;
+    int rc = parse_listen(listen, &ss, &v6, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    struct http_server *s = xcalloc(1, sizeof(*s));
+    s->deps = *deps;
+    s->started_us = time_mono_us();
+    pthread_mutex_init(&s->pool_mu, NULL);
+    unsigned threads = deps->threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (unsigned)n : 2;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                            MHD_OPTION_THREAD_POOL_SIZE, threads,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(128 * 1024),
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                            MHD_OPTION_END);
+    if (s->d == NULL) {
+        pthread_mutex_destroy(&s->pool_mu);
+        free(s);
+        return err_set(e, ERR_IO, "cannot listen on %s (address in use or not available?)",
+                       listen);
+    }
+    *out = s;
+    return ERR_OK;
+}
+
+void http_quiesce(struct http_server *s)
+{
+    if (s != NULL && s->d != NULL) {
+        MHD_socket fd = MHD_quiesce_daemon(s->d);
+        if (fd != MHD_INVALID_SOCKET) {
+            close(fd);
+        }
+    }
+}
+
+void http_stop(struct http_server *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    MHD_stop_daemon(s->d);
+    for (size_t i = 0; i < s->pool_n; i++) {
+        readmodel_close(s->pool[i]);
+    }
+    free(s->pool);
+    pthread_mutex_destroy(&s->pool_mu);
+    free(s);
+}

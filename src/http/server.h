@@ -1,0 +1,34 @@
+/*
+ * server.h - the HTTP front: libmicrohttpd with an internal thread pool on
+ * epoll. Command requests are suspended while the committer makes them
+ * durable and resumed from its thread; queries that wait for a position
+ * are suspended until the projector reaches it. No worker thread ever
+ * blocks on a commit or a wait.
+ */
+#ifndef RASTRO_HTTP_SERVER_H
+#define RASTRO_HTTP_SERVER_H
+
+#include "core/err.h"
+#include "proj/projector.h"
+#include "store/committer.h"
+
+struct http_deps {
+    struct committer *committer;
+    struct projector *projector;
+    const char *rm_path;            /* read-model file the query threads open */
+    unsigned threads;               /* 0 = number of CPUs */
+};
+
+struct http_server;
+
+/* listen: "ADDR:PORT" (IPv4 or [IPv6]:PORT). */
+int http_start(const char *listen, const struct http_deps *deps, struct http_server **out,
+               struct err *e) WARN_UNUSED;
+/* Stops accepting new connections; requests in flight go on. */
+void http_quiesce(struct http_server *s);
+/* Connections still suspended (waiting for a commit or a position). */
+int http_suspended(struct http_server *s);
+/* Closes everything and frees. NULL is a no-op. */
+void http_stop(struct http_server *s);
+
+#endif

@@ -1,0 +1,272 @@
+/*
+ * projector.c - see projector.h.
+ */
+#include "proj/projector.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "core/xmalloc.h"
+#include "proj/projections.h"
+#include "proj/stats.h"
+#include "read/readmodel.h"
+
+#define BATCH_MAX 2000
+
+struct projector {
+    struct evstore *store;          /* read-only, projector thread only */
+    struct readmodel *rm;           /* writer, projector thread only */
+    struct stats_acc *acc;
+    struct bus *bus;
+    pthread_t thread;
+    bool started;
+    atomic_bool stopping;
+    bool stopped;                   /* under mu: thread gone, waiters woken at once */
+    _Atomic int64_t position;
+    pthread_mutex_t mu;             /* waiters, stats */
+    struct proj_waiter *waiters;
+    struct projector_stats st;
+    struct proj_counters batch_c;
+    int64_t batch_last;
+    int batch_err;
+    struct err batch_e;
+};
+
+int64_t projector_position(struct projector *p)
+{
+    return atomic_load(&p->position);
+}
+
+void projector_get_stats(struct projector *p, struct projector_stats *out)
+{
+    pthread_mutex_lock(&p->mu);
+    *out = p->st;
+    pthread_mutex_unlock(&p->mu);
+    out->position = projector_position(p);
+}
+
+static int apply_cb(const struct event_rec *ev, void *arg)
+{
+    struct projector *p = arg;
+    if (ev->position != p->batch_last + 1) {
+        p->batch_err = err_set(&p->batch_e, ERR_STATE, "gap in event log: expected %lld, got %lld",
+                               (long long)p->batch_last + 1, (long long)ev->position);
+        return 1;
+    }
+    p->batch_err = proj_apply(p->rm, p->acc, ev, &p->batch_c, &p->batch_e);
+    if (p->batch_err != ERR_OK) {
+        return 1;
+    }
+    p->batch_last = ev->position;
+    return 0;
+}
+
+/* Wakes waiters whose minimum is reached or whose deadline passed. */
+static void wake_waiters(struct projector *p, bool all)
+{
+    int64_t pos = projector_position(p);
+    int64_t now = time_mono_us();
+    struct proj_waiter *ready = NULL;
+    pthread_mutex_lock(&p->mu);
+    struct proj_waiter **pp = &p->waiters;
+    while (*pp != NULL) {
+        struct proj_waiter *w = *pp;
+        if (all || w->min_position <= pos || w->deadline_us <= now) {
+            *pp = w->next;
+            w->next = ready;
+            ready = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    while (ready != NULL) {
+        struct proj_waiter *w = ready;
+        ready = w->next;
+        w->wake(w);
+    }
+}
+
+/* Applies one batch; returns how many events, or a negative error. */
+static int step(struct projector *p, struct err *e)
+{
+    int64_t from = projector_position(p);
+    memset(&p->batch_c, 0, sizeof(p->batch_c));
+    p->batch_last = from;
+    p->batch_err = ERR_OK;
+    int rc = rm_begin(p->rm, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    rc = evstore_read(p->store, from + 1, BATCH_MAX, apply_cb, p, e);
+    if (rc < 0) {
+        goto fail;
+    }
+    if (p->batch_err != ERR_OK) {
+        rc = p->batch_err;
+        *e = p->batch_e;
+        goto fail;
+    }
+    if (p->batch_last == from) {
+        rm_rollback(p->rm);
+        return 0;
+    }
+    rc = stats_acc_flush(p->acc, p->rm, e);
+    for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {
+        rc = rm_set_checkpoint(p->rm, proj_names[i], p->batch_last, e);
+    }
+    if (rc == ERR_OK) {
+        rc = rm_commit(p->rm, e);
+    }
+    if (rc != ERR_OK) {
+        goto fail;
+    }
+    atomic_store(&p->position, p->batch_last);
+    pthread_mutex_lock(&p->mu);
+    p->st.applied += p->batch_c.applied;
+    p->st.skipped += p->batch_c.skipped;
+    p->st.invalid += p->batch_c.invalid;
+    p->st.batches++;
+    pthread_mutex_unlock(&p->mu);
+    return (int)(p->batch_last - from);
+fail:
+    stats_acc_clear(p->acc);
+    rm_rollback(p->rm);
+    pthread_mutex_lock(&p->mu);
+    p->st.errors++;
+    pthread_mutex_unlock(&p->mu);
+    return rc < 0 ? rc : ERR_IO;
+}
+
+int projector_run_to_head(struct projector *p, struct err *e)
+{
+    for (;;) {
+        int n = step(p, e);
+        if (n < 0) {
+            return n;
+        }
+        if (n == 0) {
+            return ERR_OK;
+        }
+    }
+}
+
+static void *run(void *arg)
+{
+    struct projector *p = arg;
+    int backoff_ms = 0;
+    for (;;) {
+        struct err e;
+        err_clear(&e);
+        int n = step(p, &e);
+        if (n < 0) {
+            log_error("projection batch failed; will retry", "position=%lld err=\"%s\"",
+                      (long long)projector_position(p), e.msg);
+            backoff_ms = backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 50;
+            bus_wait(p->bus, INT64_MAX, backoff_ms);
+            if (atomic_load(&p->stopping)) {
+                break;      /* cannot catch up: stop anyway, the checkpoint is safe */
+            }
+            continue;
+        }
+        backoff_ms = 0;
+        wake_waiters(p, false);
+        if (n > 0) {
+            continue;
+        }
+        if (atomic_load(&p->stopping)) {
+            break;          /* caught up with everything committed */
+        }
+        pthread_mutex_lock(&p->mu);
+        bool waiting = p->waiters != NULL;
+        pthread_mutex_unlock(&p->mu);
+        bus_wait(p->bus, projector_position(p), waiting ? 10 : 100);
+    }
+    pthread_mutex_lock(&p->mu);
+    p->stopped = true;
+    pthread_mutex_unlock(&p->mu);
+    wake_waiters(p, true);
+    return NULL;
+}
+
+int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
+                  struct bus *bus, struct projector **out, struct err *e)
+{
+    struct projector *p = xcalloc(1, sizeof(*p));
+    pthread_mutex_init(&p->mu, NULL);
+    p->bus = bus;
+    p->acc = stats_acc_new();
+    int rc = evstore_open(store_spec, data_dir, EVSTORE_READONLY, &p->store, e);
+    if (rc == ERR_OK) {
+        rc = readmodel_open(rm_path, RM_WRITER, &p->rm, e);
+    }
+    int64_t pos = INT64_MAX;
+    for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {
+        int64_t c = 0;
+        rc = rm_get_checkpoint(p->rm, proj_names[i], &c, e);
+        if (c < pos) {
+            pos = c;
+        }
+    }
+    if (rc != ERR_OK) {
+        p->bus = NULL;
+        projector_free(p);
+        return rc;
+    }
+    atomic_store(&p->position, pos);
+    *out = p;
+    return ERR_OK;
+}
+
+int projector_start(struct projector *p, struct err *e)
+{
+    if (pthread_create(&p->thread, NULL, run, p) != 0) {
+        return err_set(e, ERR_STATE, "cannot start projector thread");
+    }
+    p->started = true;
+    return ERR_OK;
+}
+
+void projector_add_waiter(struct projector *p, struct proj_waiter *w)
+{
+    pthread_mutex_lock(&p->mu);
+    if (projector_position(p) >= w->min_position || p->stopped) {
+        pthread_mutex_unlock(&p->mu);
+        w->wake(w);
+        return;
+    }
+    w->next = p->waiters;
+    p->waiters = w;
+    pthread_mutex_unlock(&p->mu);
+    if (p->bus != NULL) {
+        bus_wake_all(p->bus);   /* so the thread switches to short polls for the deadline */
+    }
+}
+
+void projector_stop(struct projector *p)
+{
+    if (p->started) {
+        atomic_store(&p->stopping, true);
+        bus_wake_all(p->bus);
+        pthread_join(p->thread, NULL);
+        p->started = false;
+    }
+}
+
+void projector_free(struct projector *p)
+{
+    if (p == NULL) {
+        return;
+    }
+    projector_stop(p);
+    evstore_close(p->store);
+    readmodel_close(p->rm);
+    stats_acc_free(p->acc);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}

@@ -1,0 +1,66 @@
+/*
+ * projector.h - keeps the read models up to date from the event store, on
+ * its own thread, never on the request path.
+ *
+ * It reads events after its checkpoint in batches (up to 2,000), applies
+ * them to every projection in one read-model transaction that also writes
+ * the new checkpoint, so a crash never counts an event twice or skips one.
+ * It wakes when the bus announces a new head, and polls every 100 ms in
+ * case another process appended.
+ *
+ * Waiters (read-your-writes: ?min_position=N) are woken when the position
+ * reaches their minimum or their deadline passes; wake() runs on the
+ * projector thread and must not block.
+ * Thread-safety: all functions may be called from any thread.
+ */
+#ifndef RASTRO_PROJ_PROJECTOR_H
+#define RASTRO_PROJ_PROJECTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bus/bus.h"
+#include "core/err.h"
+#include "store/evstore.h"
+
+struct projector_stats {
+    int64_t position;
+    int64_t applied;
+    int64_t skipped;
+    int64_t invalid;
+    int64_t batches;
+    int64_t errors;
+};
+
+struct proj_waiter {
+    int64_t min_position;
+    int64_t deadline_us;        /* time_mono_us() clock */
+    void (*wake)(struct proj_waiter *w);
+    struct proj_waiter *next;   /* projector's */
+};
+
+struct projector;
+
+/* Opens its own read-only store connection (store_spec, data_dir) and the
+ * read-model writer at rm_path. Does not start the thread. */
+int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
+                  struct bus *bus, struct projector **out, struct err *e) WARN_UNUSED;
+int projector_start(struct projector *p, struct err *e) WARN_UNUSED;
+/* Catches up with everything committed so far, then stops the thread and
+ * wakes remaining waiters (later ones are woken at once). Idempotent. */
+void projector_stop(struct projector *p);
+/* Stops if needed and frees. NULL is a no-op. */
+void projector_free(struct projector *p);
+
+int64_t projector_position(struct projector *p);
+void projector_get_stats(struct projector *p, struct projector_stats *out);
+
+/* Applies everything up to the store's head on the calling thread (used by
+ * `rastro rebuild`); returns ERR_OK once caught up. */
+int projector_run_to_head(struct projector *p, struct err *e) WARN_UNUSED;
+
+/* Registers w; if the position already reached w->min_position, calls
+ * w->wake(w) at once (on the caller's thread) instead. */
+void projector_add_waiter(struct projector *p, struct proj_waiter *w);
+
+#endif

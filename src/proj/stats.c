@@ -1,0 +1,179 @@
+/*
+ * stats.c - see stats.h. The accumulator is an open-addressing hash map
+ * keyed by (scope, key, currency); currency "" holds the counters.
+ */
+#include "proj/stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/hash.h"
+#include "core/xmalloc.h"
+
+struct entry {
+    uint64_t h;             /* 0 = empty */
+    int scope;
+    char moneda[4];
+    char *key;
+    int64_t imp, conv, last;
+    __int128 valor;
+};
+
+struct stats_acc {
+    struct entry *e;
+    size_t mask;
+    size_t count;
+};
+
+struct stats_acc *stats_acc_new(void)
+{
+    struct stats_acc *a = xcalloc(1, sizeof(*a));
+    a->mask = 255;
+    a->e = xcalloc(a->mask + 1, sizeof(struct entry));
+    return a;
+}
+
+void stats_acc_clear(struct stats_acc *a)
+{
+    for (size_t i = 0; i <= a->mask; i++) {
+        free(a->e[i].key);
+    }
+    memset(a->e, 0, (a->mask + 1) * sizeof(struct entry));
+    a->count = 0;
+}
+
+void stats_acc_free(struct stats_acc *a)
+{
+    if (a != NULL) {
+        stats_acc_clear(a);
+        free(a->e);
+        free(a);
+    }
+}
+
+static uint64_t key_hash(int scope, const char *key, const char *moneda)
+{
+    uint64_t h = hash64(key, strlen(key)) ^ (uint64_t)scope * 0x9e3779b97f4a7c15ULL ^
+                 hash64(moneda, strlen(moneda)) * 31;
+    return h == 0 ? 1 : h;
+}
+
+static struct entry *find(const struct stats_acc *a, int scope, const char *key,
+                          const char *moneda, uint64_t h)
+{
+    size_t i = (size_t)h & a->mask;
+    while (a->e[i].h != 0) {
+        struct entry *x = &a->e[i];
+        if (x->h == h && x->scope == scope && strcmp(x->moneda, moneda) == 0 &&
+            strcmp(x->key, key) == 0) {
+            return x;
+        }
+        i = (i + 1) & a->mask;
+    }
+    return &a->e[i];    /* the empty slot where it would go */
+}
+
+static void grow(struct stats_acc *a)
+{
+    struct entry *old = a->e;
+    size_t n = a->mask + 1;
+    a->mask = n * 2 - 1;
+    a->e = xcalloc(n * 2, sizeof(struct entry));
+    for (size_t i = 0; i < n; i++) {
+        if (old[i].h != 0) {
+            size_t j = (size_t)old[i].h & a->mask;
+            while (a->e[j].h != 0) {
+                j = (j + 1) & a->mask;
+            }
+            a->e[j] = old[i];
+        }
+    }
+    free(old);
+}
+
+static struct entry *get(struct stats_acc *a, int scope, const char *key, const char *moneda)
+{
+    if ((a->count + 1) * 4 > (a->mask + 1) * 3) {
+        grow(a);
+    }
+    uint64_t h = key_hash(scope, key, moneda);
+    struct entry *x = find(a, scope, key, moneda, h);
+    if (x->h == 0) {
+        x->h = h;
+        x->scope = scope;
+        memcpy(x->moneda, moneda, strlen(moneda) + 1);
+        x->key = xstrdup(key);
+        a->count++;
+    }
+    return x;
+}
+
+static void apply_scope(struct stats_acc *a, int scope, const char *key,
+                        const struct tracking *t, int64_t recorded_at_us)
+{
+    struct entry *x = get(a, scope, key, "");
+    if (t->kind == KIND_IMPRESION) {
+        x->imp++;
+    } else {
+        x->conv++;
+    }
+    if (recorded_at_us > x->last) {
+        x->last = recorded_at_us;
+    }
+    if (t->kind == KIND_CONVERSION) {
+        struct entry *v = get(a, scope, key, t->moneda);
+        v->valor += t->valor;
+        v->conv++;
+    }
+}
+
+void stats_acc_apply(struct stats_acc *a, const struct tracking *t, int64_t recorded_at_us)
+{
+    apply_scope(a, SCOPE_CAMPANA, t->campana_id, t, recorded_at_us);
+    if (t->influencer_id[0] != '\0') {
+        apply_scope(a, SCOPE_INFLUENCER, t->influencer_id, t, recorded_at_us);
+    }
+}
+
+int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)
+{
+    int rc = ERR_OK;
+    for (size_t i = 0; i <= a->mask && rc == ERR_OK; i++) {
+        struct entry *x = &a->e[i];
+        if (x->h == 0) {
+            continue;
+        }
+        if (x->moneda[0] == '\0') {
+            rc = rm_stats_add(rm, (enum rm_scope)x->scope, x->key, x->imp, x->conv, x->last, e);
+        } else {
+            rc = rm_stats_add_valor(rm, (enum rm_scope)x->scope, x->key, x->moneda, x->valor,
+                                    x->conv, e);
+        }
+    }
+    stats_acc_clear(a);
+    return rc;
+}
+
+bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *key,
+                   int64_t *imp, int64_t *conv, int64_t *last_us)
+{
+    struct entry *x = find(a, (int)scope, key, "", key_hash((int)scope, key, ""));
+    if (x->h == 0) {
+        return false;
+    }
+    *imp = x->imp;
+    *conv = x->conv;
+    *last_us = x->last;
+    return true;
+}
+
+bool stats_acc_get_valor(const struct stats_acc *a, enum rm_scope scope, const char *key,
+                         const char *moneda, __int128 *ticks)
+{
+    struct entry *x = find(a, (int)scope, key, moneda, key_hash((int)scope, key, moneda));
+    if (x->h == 0) {
+        return false;
+    }
+    *ticks = x->valor;
+    return true;
+}

@@ -1,0 +1,221 @@
+/*
+ * committer.c - see committer.h.
+ *
+ * The queue is a mutex-protected singly linked list: requests are pushed at
+ * the tail; the committer thread swaps the whole list out in O(1), so the
+ * lock is held for a few instructions per request.
+ */
+#include "store/committer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "core/xmalloc.h"
+
+struct committer {
+    struct evstore *store;
+    size_t max_batch;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct commit_req *head, *tail;
+    bool stopping;
+    _Atomic int64_t committed;
+    _Atomic int64_t pending;
+    void (*on_commit)(void *, int64_t);
+    void *on_commit_arg;
+    /* batch scratch */
+    struct event_in *ev;
+    struct append_out *out;
+    struct commit_req **reqs;
+};
+
+void commit_req_fini(struct commit_req *r)
+{
+    free(r->existing_data);
+    r->existing_data = NULL;
+}
+
+struct copy_data {
+    int64_t want;
+    char *data;
+};
+
+static int copy_cb(const struct event_rec *ev, void *arg)
+{
+    struct copy_data *cd = arg;
+    if (ev->position == cd->want) {
+        cd->data = xstrndup(ev->data, ev->data_len);
+    }
+    return 1;
+}
+
+static void complete(struct committer *c, struct commit_req *r)
+{
+    atomic_fetch_sub(&c->pending, 1);
+    r->done(r);
+}
+
+/* Appends reqs[0..n) in one transaction and completes them. */
+static void commit_batch(struct committer *c, size_t n)
+{
+    struct err e;
+    err_clear(&e);
+    for (size_t i = 0; i < n; i++) {
+        c->ev[i] = c->reqs[i]->ev;
+    }
+    int rc = evstore_append(c->store, c->ev, n, c->out, &e);
+    if (rc != ERR_OK) {
+        log_error("append failed", "batch=%zu err=\"%s\"", n, e.msg);
+    }
+    int64_t head = 0;
+    struct err he;
+    if (evstore_head(c->store, &head, &he) == ERR_OK) {
+        atomic_store(&c->committed, head);
+    }
+    if (rc == ERR_OK && c->on_commit != NULL) {
+        c->on_commit(c->on_commit_arg, head);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct commit_req *r = c->reqs[i];
+        r->out = c->out[i];
+        r->existing_data = NULL;
+        if (rc != ERR_OK) {
+            r->status = rc;
+            snprintf(r->errmsg, sizeof(r->errmsg), "%s", e.msg);
+        } else {
+            r->status = c->out[i].status;
+            if (r->status == ERR_CONFLICT) {
+                struct copy_data cd = { .want = c->out[i].position, .data = NULL };
+                struct err re;
+                int rr = evstore_read(c->store, cd.want, 1, copy_cb, &cd, &re);
+                if (rr < 0 || cd.data == NULL) {
+                    r->status = ERR_IO;
+                    snprintf(r->errmsg, sizeof(r->errmsg), "cannot read event %lld",
+                             (long long)cd.want);
+                }
+                r->existing_data = cd.data;
+            }
+        }
+        complete(c, r);
+    }
+}
+
+static void *run(void *arg)
+{
+    struct committer *c = arg;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        while (c->head == NULL && !c->stopping) {
+            pthread_cond_wait(&c->cv, &c->mu);
+        }
+        struct commit_req *list = c->head;
+        c->head = c->tail = NULL;
+        bool stop = c->stopping;
+        pthread_mutex_unlock(&c->mu);
+        if (list == NULL && stop) {
+            break;
+        }
+        while (list != NULL) {
+            size_t n = 0;
+            while (list != NULL && n < c->max_batch) {
+                c->reqs[n++] = list;
+                list = list->next;
+            }
+            commit_batch(c, n);
+        }
+    }
+    return NULL;
+}
+
+struct committer *committer_new(struct evstore *s, size_t max_batch)
+{
+    struct committer *c = xcalloc(1, sizeof(*c));
+    c->store = s;
+    c->max_batch = max_batch ? max_batch : 1;
+    c->ev = xcalloc(c->max_batch, sizeof(*c->ev));
+    c->out = xcalloc(c->max_batch, sizeof(*c->out));
+    c->reqs = xcalloc(c->max_batch, sizeof(*c->reqs));
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    int64_t head = 0;
+    struct err e;
+    if (evstore_head(s, &head, &e) == ERR_OK) {
+        atomic_store(&c->committed, head);
+    }
+    if (pthread_create(&c->thread, NULL, run, c) != 0) {
+        log_error("cannot start committer thread", NULL);
+        abort();
+    }
+    return c;
+}
+
+void committer_submit(struct committer *c, struct commit_req *r)
+{
+    r->next = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        r->status = ERR_STATE;
+        r->existing_data = NULL;
+        snprintf(r->errmsg, sizeof(r->errmsg), "shutting down");
+        r->done(r);
+        return;
+    }
+    atomic_fetch_add(&c->pending, 1);
+    if (c->tail != NULL) {
+        c->tail->next = r;
+    } else {
+        c->head = r;
+    }
+    c->tail = r;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void committer_set_listener(struct committer *c, void (*on_commit)(void *, int64_t), void *arg)
+{
+    c->on_commit = on_commit;
+    c->on_commit_arg = arg;
+}
+
+int64_t committer_head(struct committer *c)
+{
+    return atomic_load(&c->committed);
+}
+
+int64_t committer_pending(struct committer *c)
+{
+    return atomic_load(&c->pending);
+}
+
+void committer_stop(struct committer *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool was = c->stopping;
+    c->stopping = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (!was) {
+        pthread_join(c->thread, NULL);
+    }
+}
+
+void committer_free(struct committer *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    committer_stop(c);
+    evstore_close(c->store);
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c->ev);
+    free(c->out);
+    free(c->reqs);
+    free(c);
+}

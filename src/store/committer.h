@@ -1,0 +1,55 @@
+/*
+ * committer.h - group commit in front of an event store.
+ *
+ * Request threads submit appends and return at once (the HTTP layer
+ * suspends its connection); one committer thread takes everything queued,
+ * appends it in one evstore transaction (one fsync), and then calls each
+ * request's done() on the committer thread. While a commit is in flight new
+ * requests queue up, so the batch grows with load and throughput grows with
+ * concurrency, while an idle server commits a lone request at once.
+ *
+ * After each commit the on_commit listener (if set) learns the new head;
+ * the projector uses it to wake up.
+ *
+ * Thread-safety: committer_submit() may be called from any thread.
+ */
+#ifndef RASTRO_STORE_COMMITTER_H
+#define RASTRO_STORE_COMMITTER_H
+
+#include <stdint.h>
+
+#include "store/evstore.h"
+
+struct commit_req {
+    struct event_in ev;         /* borrowed until done() is called */
+    /* results, valid in done(): */
+    int status;                 /* ERR_OK, ERR_CONFLICT, ERR_IO, ERR_STATE (shutting down) */
+    struct append_out out;
+    char *existing_data;        /* CONFLICT: the stream's last event's data; see _fini */
+    char errmsg[256];           /* IO/STATE: why */
+    void (*done)(struct commit_req *r);
+    void *arg;                  /* the submitter's */
+    struct commit_req *next;    /* committer's */
+};
+
+struct committer;
+
+/* Takes ownership of s (closed by committer_free). Starts the thread. */
+struct committer *committer_new(struct evstore *s, size_t max_batch);
+/* Stops taking requests (later ones complete at once with ERR_STATE),
+ * commits what is queued and joins the thread. Idempotent. */
+void committer_stop(struct committer *c);
+/* Stops if needed, closes the store, frees. NULL is a no-op. */
+void committer_free(struct committer *c);
+
+void committer_submit(struct committer *c, struct commit_req *r);
+void committer_set_listener(struct committer *c, void (*on_commit)(void *arg, int64_t head),
+                            void *arg);
+int64_t committer_head(struct committer *c);
+/* Requests submitted but not yet completed. */
+int64_t committer_pending(struct committer *c);
+
+/* Frees what the committer attached to r (existing_data). */
+void commit_req_fini(struct commit_req *r);
+
+#endif
