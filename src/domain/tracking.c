@@ -409,9 +409,62 @@ static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
     return ERR_OK;
 }
 
+/*
+ * cJSON decodes "\u0000" into a C string and so silently cuts the value
+ * short ("u\u0000x" would become "u"). Such a value is refused instead;
+ * this finds the key whose string value holds the escape, for the error.
+ * Returns false when there is none.
+ */
+static bool find_nul_escape(const char *body, size_t n, char *field, size_t max)
+{
+    if (memmem(body, n, "u0000", 5) == NULL) {
+        return false;           /* the common case costs one scan */
+    }
+    char last_key[64] = "body";
+    size_t i = 0;
+    while (i < n) {
+        if (body[i] != '"') {
+            i++;
+            continue;
+        }
+        size_t start = ++i;
+        bool has_nul = false;
+        while (i < n && body[i] != '"') {
+            if (body[i] == '\\' && i + 1 < n) {
+                if (body[i + 1] == 'u' && i + 5 < n && memcmp(body + i + 2, "0000", 4) == 0) {
+                    has_nul = true;
+                }
+                i += 2;
+                continue;
+            }
+            i++;
+        }
+        size_t end = i++;
+        size_t j = i;
+        while (j < n && (body[j] == ' ' || body[j] == '\t' || body[j] == '\r' || body[j] == '\n')) {
+            j++;
+        }
+        if (j < n && body[j] == ':') {
+            snprintf(last_key, sizeof(last_key), "%.*s", (int)(end - start), body + start);
+            if (has_nul) {
+                snprintf(field, max, "body");
+                return true;
+            }
+        } else if (has_nul) {
+            snprintf(field, max, "%s", last_key);
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The body must be one JSON object and nothing else but white space. */
 static int parse_object(const char *body, size_t n, cJSON **out, struct err *e)
 {
+    char nul_field[64];
+    if (find_nul_escape(body, n, nul_field, sizeof(nul_field))) {
+        return err_field(e, ERR_INVALID, nul_field, "%s must not contain NUL characters", nul_field);
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, n, &end, false);
     if (root == NULL) {

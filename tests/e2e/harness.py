@@ -48,9 +48,19 @@ UUID_RE = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 CANON_TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
+
+def without_recorded_at(record):
+    """A by-id answer minus 'recorded_at' (the store's clock, not the client's),
+    after checking it is a canonical timestamp."""
+    rec = dict(record)
+    ts = rec.pop("recorded_at", None)
+    assert isinstance(ts, str) and CANON_TS_RE.match(ts), "bad recorded_at %r" % (ts,)
+    return rec
+
 # Exact key sets of the query answers.
 IMP_RECORD_KEYS = {"id", K_CAMPANA, "influencer_id", "usuario_id", "tipo_evento",
-                   "user_agent", "ip_address", "referrer", "timestamp", "position"}
+                   "user_agent", "ip_address", "referrer", "timestamp", "recorded_at",
+                   "position"}
 CONV_RECORD_KEYS = IMP_RECORD_KEYS | {"tipo_conversion", "valor", "moneda"}
 CAMP_IMP_ITEM_KEYS = {"id", "influencer_id", "usuario_id", "tipo_evento", "timestamp"}
 CAMP_CONV_ITEM_KEYS = CAMP_IMP_ITEM_KEYS | {"tipo_conversion", "valor", "moneda"}
@@ -125,7 +135,8 @@ def http_request(port, method, path, body=None, headers=None, raw_body=None,
         except (BrokenPipeError, ConnectionResetError):
             # The server may answer (e.g. 413) and close before reading the
             # whole body; its answer can still be waiting for us.
-            pass
+            if conn.sock is None:
+                raise
         resp = conn.getresponse()
         raw = resp.read()
         out_headers = {}

@@ -11,7 +11,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (CAMPANAS, K_CAMPANA, KIND_PATH, KIND_STREAM, UUID7_RE,  # noqa: E402
-                     ServerTestCase, Server, enc, events)
+                     ServerTestCase, enc, events)
 
 
 def camp_stats(test, camp, min_position):

@@ -1,0 +1,131 @@
+/*
+ * test_core.c - JSON writer, idindex, UUIDv7, hash: the pieces the layers
+ * above trust.
+ */
+#include <stdlib.h>
+
+#include "check.h"
+#include "core/hash.h"
+#include "core/jsonw.h"
+#include "core/uuid.h"
+#include "store/idindex.h"
+
+static void test_jsonw(void)
+{
+    struct buf b;
+    struct jsonw w;
+    buf_init(&b, 0);
+    jsonw_init(&w, &b);
+    jsonw_obj_open(&w);
+    jsonw_kstr(&w, "a", "x\"y\\z\n\x01");
+    jsonw_kint(&w, "n", -5);
+    jsonw_key(&w, "arr");
+    jsonw_arr_open(&w);
+    jsonw_int(&w, 1);
+    jsonw_null(&w);
+    jsonw_bool(&w, true);
+    jsonw_arr_close(&w);
+    jsonw_key(&w, "d");
+    jsonw_double(&w, 50.0);
+    jsonw_key(&w, "d2");
+    jsonw_double(&w, 100.0 / 3.0);
+    jsonw_key(&w, "f");
+    jsonw_fixed4(&w, 1000);
+    jsonw_key(&w, "f2");
+    jsonw_fixed4(&w, 1234567);
+    jsonw_key(&w, "f3");
+    jsonw_fixed4(&w, 30000);
+    jsonw_obj_close(&w);
+    CHECK(jsonw_status(&w) == ERR_OK);
+    CHECK_STR(b.p, "{\"a\":\"x\\\"y\\\\z\\n\\u0001\",\"n\":-5,\"arr\":[1,null,true],\"d\":50,"
+                   "\"d2\":33.333333333333336,\"f\":0.1,\"f2\":123.4567,\"f3\":3}");
+    buf_fini(&b);
+
+    struct buf capped;
+    buf_init(&capped, 8);
+    CHECK(buf_puts(&capped, "12345678") == ERR_OK);
+    CHECK(buf_puts(&capped, "9") == ERR_TOOBIG);
+    CHECK(capped.len == 8);
+    buf_fini(&capped);
+}
+
+static void test_idindex(void)
+{
+    struct idindex *ix = idindex_new(0);
+    int64_t out[8];
+    /* many entries, forcing growth, plus deliberate collisions */
+    for (int64_t i = 1; i <= 5000; i++) {
+        idindex_add(ix, (uint64_t)i * 0x9e3779b97f4a7c15ULL, i);
+    }
+    idindex_add(ix, 42, 9001);
+    idindex_add(ix, 42, 9002);
+    idindex_add(ix, 0, 9003);   /* hash 0 is a legal key */
+    CHECK(idindex_count(ix) == 5003);
+    CHECK(idindex_find(ix, 42, out, 8) == 2);
+    CHECK((out[0] == 9001 && out[1] == 9002) || (out[0] == 9002 && out[1] == 9001));
+    CHECK(idindex_find(ix, 0, out, 8) == 1 && out[0] == 9003);
+    CHECK(idindex_find(ix, 7, out, 8) == 0);
+    bool all = true;
+    for (int64_t i = 1; i <= 5000; i++) {
+        size_t n = idindex_find(ix, (uint64_t)i * 0x9e3779b97f4a7c15ULL, out, 8);
+        all = all && n == 1 && out[0] == i;
+    }
+    CHECK(all);
+    /* removal keeps every other entry reachable (backward shift) */
+    for (int64_t i = 1; i <= 5000; i += 2) {
+        idindex_remove(ix, (uint64_t)i * 0x9e3779b97f4a7c15ULL, i);
+    }
+    idindex_remove(ix, 42, 9001);
+    idindex_remove(ix, 42, 12345);     /* absent: no-op */
+    CHECK(idindex_count(ix) == 2502);
+    all = true;
+    for (int64_t i = 1; i <= 5000; i++) {
+        size_t n = idindex_find(ix, (uint64_t)i * 0x9e3779b97f4a7c15ULL, out, 8);
+        all = all && (i % 2 ? n == 0 : n == 1 && out[0] == i);
+    }
+    CHECK(all);
+    CHECK(idindex_find(ix, 42, out, 8) == 1 && out[0] == 9002);
+    idindex_free(ix);
+}
+
+static void test_uuid(void)
+{
+    struct uuid a, b;
+    char sa[UUID_STR_LEN + 1], sb[UUID_STR_LEN + 1];
+    bool ordered = true;
+    uuid_v7(&a);
+    for (int i = 0; i < 10000; i++) {
+        uuid_v7(&b);
+        uuid_format(&a, sa);
+        uuid_format(&b, sb);
+        ordered = ordered && strcmp(sa, sb) < 0;
+        a = b;
+    }
+    CHECK(ordered);
+    CHECK(sa[14] == '7');
+    CHECK(sa[19] == '8' || sa[19] == '9' || sa[19] == 'a' || sa[19] == 'b');
+    struct uuid p;
+    CHECK(uuid_parse(sb, &p) && memcmp(p.b, a.b, 16) == 0);
+    CHECK(!uuid_parse("not-a-uuid", &p));
+    CHECK(!uuid_parse("0190000000007000800000000000000000000", &p));
+    uuid_v4(&a);
+    uuid_format(&a, sa);
+    CHECK(sa[14] == '4');
+}
+
+static void test_hash(void)
+{
+    CHECK(hash64("abc", 3) == hash64("abc", 3));
+    CHECK(hash64("abc", 3) != hash64("abd", 3));
+    CHECK(hash64("impresion:1", 11) != hash64("conversion:1", 12));
+    CHECK(hash64("", 0) != hash64("a", 1));
+}
+
+int main(void)
+{
+    test_jsonw();
+    test_idindex();
+    test_uuid();
+    test_hash();
+    return check_done("test_core");
+}

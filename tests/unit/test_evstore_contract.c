@@ -1,0 +1,221 @@
+/*
+ * test_evstore_contract.c - the event-store contract, written against
+ * evstore.h only, run against every backend in the table below. A new
+ * backend (PostgreSQL) joins by adding a row; the checks do not change.
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "store/evstore.h"
+
+struct backend {
+    const char *name;
+    const char *spec;
+};
+
+static const struct backend backends[] = {
+    { "sqlite", "sqlite" },
+};
+
+static char dir[256];
+
+static struct evstore *open_store(const struct backend *b, int flags)
+{
+    struct evstore *s = NULL;
+    struct err e;
+    err_clear(&e);
+    int rc = evstore_open(b->spec, dir, flags, &s, &e);
+    CHECKF(rc == ERR_OK, "%s: open: %s", b->name, e.msg);
+    return rc == ERR_OK ? s : NULL;
+}
+
+static struct event_in mk(const char *stream, int64_t expect, const char *data)
+{
+    struct event_in ev = {
+        .stream_id = stream, .expected_version = expect, .type = "ImpresionRegistrada",
+        .schema_version = 1, .recorded_at_us = 1764324900000000LL, .data = data,
+        .metadata = "{\"correlation_id\":\"c\"}",
+    };
+    uuid_v7(&ev.event_id);
+    return ev;
+}
+
+struct collected {
+    int n;
+    int64_t pos[64];
+    char stream[64][64];
+    char data[64][64];
+    int64_t version[64];
+    struct uuid ids[64];
+    int64_t recorded[64];
+    int stop_after;
+};
+
+static int collect(const struct event_rec *ev, void *arg)
+{
+    struct collected *c = arg;
+    if (c->n < 64) {
+        c->pos[c->n] = ev->position;
+        snprintf(c->stream[c->n], 64, "%s", ev->stream_id);
+        snprintf(c->data[c->n], 64, "%.*s", (int)ev->data_len, ev->data);
+        c->version[c->n] = ev->stream_version;
+        c->ids[c->n] = ev->event_id;
+        c->recorded[c->n] = ev->recorded_at_us;
+    }
+    c->n++;
+    return c->stop_after > 0 && c->n >= c->stop_after ? 1 : 0;
+}
+
+static void contract(const struct backend *b)
+{
+    struct err e;
+    struct evstore *s = open_store(b, 0);
+    if (s == NULL) {
+        return;
+    }
+    int64_t head = -1, v = -1, p = -1;
+    CHECK(evstore_head(s, &head, &e) == ERR_OK && head == 0);
+    CHECK(evstore_stream_version(s, "impresion:a", &v, &p, &e) == ERR_NOTFOUND);
+
+    /* one event: every field comes back */
+    struct event_in ev = mk("impresion:a", EVSTORE_NO_STREAM, "{\"id\":\"a\"}");
+    struct append_out out[8];
+    CHECK(evstore_append(s, &ev, 1, out, &e) == ERR_OK);
+    CHECK(out[0].status == ERR_OK && out[0].position == 1 && out[0].stream_version == 1);
+    struct collected c = { 0 };
+    CHECK(evstore_read(s, 1, 10, collect, &c, &e) == 0);
+    CHECK(c.n == 1 && c.pos[0] == 1 && c.version[0] == 1);
+    CHECK_STR(c.stream[0], "impresion:a");
+    CHECK_STR(c.data[0], "{\"id\":\"a\"}");
+    CHECK(memcmp(c.ids[0].b, ev.event_id.b, 16) == 0);
+    CHECK(c.recorded[0] == 1764324900000000LL);
+
+    /* the same new stream again: conflict, nothing written */
+    struct event_in dup = mk("impresion:a", EVSTORE_NO_STREAM, "{\"id\":\"a\",\"x\":1}");
+    CHECK(evstore_append(s, &dup, 1, out, &e) == ERR_OK);
+    CHECK(out[0].status == ERR_CONFLICT && out[0].position == 1 && out[0].stream_version == 1);
+    CHECK(evstore_head(s, &head, &e) == ERR_OK && head == 1);
+
+    /* a batch: independent results, gap-free positions, in-batch duplicate */
+    struct event_in batch[5] = {
+        mk("impresion:b", EVSTORE_NO_STREAM, "{\"id\":\"b\"}"),
+        mk("impresion:a", EVSTORE_NO_STREAM, "{}"),                 /* conflict */
+        mk("conversion:a", EVSTORE_NO_STREAM, "{\"id\":\"a\"}"),    /* other id space */
+        mk("impresion:b", EVSTORE_NO_STREAM, "{}"),                 /* dup within batch */
+        mk("impresion:a", 1, "{\"id\":\"a\",\"v\":2}"),              /* expected version 1: ok */
+    };
+    CHECK(evstore_append(s, batch, 5, out, &e) == ERR_OK);
+    CHECK(out[0].status == ERR_OK && out[0].position == 2);
+    CHECK(out[1].status == ERR_CONFLICT && out[1].stream_version == 1);
+    CHECK(out[2].status == ERR_OK && out[2].position == 3);
+    CHECK(out[3].status == ERR_CONFLICT && out[3].position == 2);
+    CHECK(out[4].status == ERR_OK && out[4].position == 4 && out[4].stream_version == 2);
+    CHECK(evstore_stream_version(s, "impresion:a", &v, &p, &e) == ERR_OK && v == 2 && p == 4);
+
+    /* expected version wrong -> conflict; ANY -> appended */
+    struct event_in stale = mk("impresion:a", 1, "{}");
+    CHECK(evstore_append(s, &stale, 1, out, &e) == ERR_OK && out[0].status == ERR_CONFLICT);
+    struct event_in any = mk("impresion:a", EVSTORE_ANY, "{\"any\":1}");
+    CHECK(evstore_append(s, &any, 1, out, &e) == ERR_OK && out[0].status == ERR_OK &&
+          out[0].position == 5 && out[0].stream_version == 3);
+
+    /* reads: order, from, max, stop */
+    memset(&c, 0, sizeof(c));
+    CHECK(evstore_read(s, 1, 100, collect, &c, &e) == 0);
+    CHECK(c.n == 5);
+    bool ordered = true;
+    for (int i = 0; i < c.n; i++) {
+        ordered = ordered && c.pos[i] == i + 1;
+    }
+    CHECK(ordered);
+    memset(&c, 0, sizeof(c));
+    CHECK(evstore_read(s, 3, 2, collect, &c, &e) == 0 && c.n == 2 && c.pos[0] == 3 && c.pos[1] == 4);
+    memset(&c, 0, sizeof(c));
+    c.stop_after = 1;
+    CHECK(evstore_read(s, 1, 100, collect, &c, &e) == 1 && c.n == 1);
+    memset(&c, 0, sizeof(c));
+    CHECK(evstore_read(s, 6, 100, collect, &c, &e) == 0 && c.n == 0);
+
+    /* a reader sees the writer's commits and cannot append */
+    struct evstore *r = open_store(b, EVSTORE_READONLY);
+    if (r != NULL) {
+        CHECK(evstore_head(r, &head, &e) == ERR_OK && head == 5);
+        struct event_in x = mk("impresion:z", EVSTORE_NO_STREAM, "{}");
+        CHECK(evstore_append(r, &x, 1, out, &e) == ERR_STATE);
+        CHECK(evstore_append(s, &x, 1, out, &e) == ERR_OK && out[0].position == 6);
+        CHECK(evstore_head(r, &head, &e) == ERR_OK && head == 6);
+        evstore_close(r);
+    }
+
+    /* many streams: every one found again, positions gap-free */
+    enum { MANY = 3000 };
+    struct event_in *many = calloc(MANY, sizeof(*many));
+    char (*names)[32] = calloc(MANY, 32);
+    struct append_out *mo = calloc(MANY, sizeof(*mo));
+    for (int i = 0; i < MANY; i++) {
+        snprintf(names[i], 32, "impresion:m%d", i);
+        many[i] = mk(names[i], EVSTORE_NO_STREAM, "{}");
+    }
+    CHECK(evstore_append(s, many, MANY, mo, &e) == ERR_OK);
+    bool gapfree = true;
+    for (int i = 0; i < MANY; i++) {
+        gapfree = gapfree && mo[i].status == ERR_OK && mo[i].position == 7 + i;
+    }
+    CHECK(gapfree);
+    evstore_close(s);
+
+    /* reopen: head and stream lookups survive */
+    s = open_store(b, 0);
+    if (s != NULL) {
+        CHECK(evstore_head(s, &head, &e) == ERR_OK && head == 6 + MANY);
+        CHECK(evstore_append(s, many, MANY, mo, &e) == ERR_OK);
+        bool all_conflict = true;
+        for (int i = 0; i < MANY; i++) {
+            all_conflict = all_conflict && mo[i].status == ERR_CONFLICT && mo[i].position == 7 + i;
+        }
+        CHECK(all_conflict);
+        CHECK(evstore_stream_version(s, "impresion:a", &v, &p, &e) == ERR_OK && v == 3 && p == 5);
+        int64_t bytes = 0;
+        CHECK(evstore_size_bytes(s, &bytes, &e) == ERR_OK && bytes > 0);
+        evstore_close(s);
+    }
+    free(many);
+    free(names);
+    free(mo);
+}
+
+/* SQLite only: the file itself refuses UPDATE and DELETE. */
+#include <sqlite3.h>
+static void sqlite_append_only(void)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/events.db", dir);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "UPDATE events SET data='{}' WHERE position=1", NULL, NULL, NULL) != SQLITE_OK);
+    CHECK(sqlite3_exec(db, "DELETE FROM events WHERE position=1", NULL, NULL, NULL) != SQLITE_OK);
+    sqlite3_close(db);
+}
+
+int main(void)
+{
+    for (size_t i = 0; i < ARRAY_LEN(backends); i++) {
+        snprintf(dir, sizeof(dir), "/tmp/rastro-contract-XXXXXX");
+        if (mkdtemp(dir) == NULL) {
+            CHECK(!"mkdtemp");
+            continue;
+        }
+        printf("contract: %s in %s\n", backends[i].name, dir);
+        contract(&backends[i]);
+        if (strcmp(backends[i].name, "sqlite") == 0) {
+            sqlite_append_only();
+        }
+        char cmd[400];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "could not remove %s\n", dir);
+        }
+    }
+    return check_done("test_evstore_contract");
+}

@@ -1,0 +1,248 @@
+/*
+ * test_projections.c - projection apply and statistics arithmetic, against
+ * a throwaway read-model file: table-driven, and the replay rule (one batch
+ * or one event at a time must give the same read models).
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "core/buf.h"
+#include "proj/projections.h"
+#include "proj/stats.h"
+#include "read/readmodel.h"
+
+static struct tracking mk(enum tracking_kind kind, const char *id, const char *camp,
+                          const char *infl, int64_t valor, const char *moneda)
+{
+    struct tracking t;
+    memset(&t, 0, sizeof(t));
+    t.kind = kind;
+    snprintf(t.id, sizeof(t.id), "%s", id);
+    t.id_given = true;
+    snprintf(t.campana_id, sizeof(t.campana_id), "%s", camp);
+    snprintf(t.influencer_id, sizeof(t.influencer_id), "%s", infl);
+    strcpy(t.tipo_evento, kind == KIND_IMPRESION ? "IMPRESION" : "CONVERSION");
+    t.timestamp_us = 1764324900000000LL;
+    t.ts_given = true;
+    t.valor = valor;
+    snprintf(t.moneda, sizeof(t.moneda), "%s", moneda);
+    return t;
+}
+
+static void test_stats_table(void)
+{
+    static const struct {
+        enum tracking_kind kind;
+        const char *camp, *infl, *moneda;
+        int64_t valor;
+    } events[] = {
+        { KIND_IMPRESION, "c1", "i1", "", 0 },
+        { KIND_IMPRESION, "c1", "", "", 0 },
+        { KIND_CONVERSION, "c1", "i1", "USD", 1000 },   /* 0.1 */
+        { KIND_CONVERSION, "c1", "i2", "USD", 2000 },   /* 0.2 */
+        { KIND_CONVERSION, "c1", "", "EUR", 50000 },
+        { KIND_IMPRESION, "c2", "i1", "", 0 },
+    };
+    static const struct {
+        enum rm_scope scope;
+        const char *key;
+        int64_t imp, conv;
+        const char *moneda;
+        int64_t valor;
+    } want[] = {
+        { SCOPE_CAMPANA, "c1", 2, 3, "USD", 3000 },
+        { SCOPE_CAMPANA, "c1", 2, 3, "EUR", 50000 },
+        { SCOPE_CAMPANA, "c2", 1, 0, NULL, 0 },
+        { SCOPE_INFLUENCER, "i1", 2, 1, "USD", 1000 },
+        { SCOPE_INFLUENCER, "i2", 0, 1, "USD", 2000 },
+    };
+    struct stats_acc *a = stats_acc_new();
+    for (size_t i = 0; i < ARRAY_LEN(events); i++) {
+        struct tracking t = mk(events[i].kind, "x", events[i].camp, events[i].infl,
+                               events[i].valor, events[i].moneda);
+        stats_acc_apply(a, &t, 1000 + (int64_t)i);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+        int64_t imp = -1, conv = -1, last = -1;
+        CHECKF(stats_acc_get(a, want[i].scope, want[i].key, &imp, &conv, &last), "%s", want[i].key);
+        CHECKF(imp == want[i].imp && conv == want[i].conv, "%s: %lld/%lld", want[i].key,
+               (long long)imp, (long long)conv);
+        if (want[i].moneda != NULL) {
+            __int128 v = -1;
+            CHECK(stats_acc_get_valor(a, want[i].scope, want[i].key, want[i].moneda, &v));
+            CHECKF(v == want[i].valor, "%s %s", want[i].key, want[i].moneda);
+        }
+    }
+    int64_t imp, conv, last;
+    CHECK(!stats_acc_get(a, SCOPE_INFLUENCER, "", &imp, &conv, &last));   /* no influencer: not counted */
+    CHECK(stats_acc_get(a, SCOPE_CAMPANA, "c1", &imp, &conv, &last) && last == 1004);
+    __int128 v;
+    CHECK(!stats_acc_get_valor(a, SCOPE_CAMPANA, "c2", "USD", &v));
+    stats_acc_free(a);
+}
+
+static void test_money_format(void)
+{
+    static const struct {
+        __int128 ticks;
+        const char *text;
+    } cases[] = {
+        { 0, "0" }, { 1, "0.0001" }, { 1000, "0.1" }, { 3000, "0.3" }, { 125000, "12.5" },
+        { 10000, "1" }, { 1234567891, "123456.7891" }, { -5000, "-0.5" },
+        { (__int128)9223372036854775807LL * 4, "3689348814741910.3228" },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        char out[64];
+        money_format(cases[i].ticks, out, sizeof(out));
+        CHECK_STR(out, cases[i].text);
+        char t[64];
+        __int128 back;
+        money_ticks_text(cases[i].ticks, t, sizeof(t));
+        CHECK(money_parse_ticks(t, &back) == ERR_OK && back == cases[i].ticks);
+    }
+    __int128 x;
+    CHECK(money_parse_ticks("", &x) != ERR_OK);
+    CHECK(money_parse_ticks("1.5", &x) != ERR_OK);
+}
+
+struct fixture {
+    char path[300];
+    struct readmodel *rm;
+    struct stats_acc *acc;
+};
+
+static void fx_open(struct fixture *f, const char *dir, const char *name)
+{
+    struct err e;
+    snprintf(f->path, sizeof(f->path), "%s/%s", dir, name);
+    CHECK(readmodel_open(f->path, RM_WRITER, &f->rm, &e) == ERR_OK);
+    f->acc = stats_acc_new();
+}
+
+static void fx_close(struct fixture *f)
+{
+    readmodel_close(f->rm);
+    stats_acc_free(f->acc);
+}
+
+/* Applies events [from, to) in one transaction. */
+static void apply_range(struct fixture *f, const struct event_rec *evs, size_t from, size_t to,
+                        struct proj_counters *c)
+{
+    struct err e;
+    CHECK(rm_begin(f->rm, &e) == ERR_OK);
+    for (size_t i = from; i < to; i++) {
+        CHECK(proj_apply(f->rm, f->acc, &evs[i], c, &e) == ERR_OK);
+    }
+    CHECK(stats_acc_flush(f->acc, f->rm, &e) == ERR_OK);
+    CHECK(rm_set_checkpoint(f->rm, "impresiones", evs[to - 1].position, &e) == ERR_OK);
+    CHECK(rm_commit(f->rm, &e) == ERR_OK);
+}
+
+static void query_all(struct readmodel *rm, struct buf *out)
+{
+    static const char *keys[] = { "c1", "c2", "i1", "i2", "nope" };
+    struct err e;
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        for (int scope = 0; scope <= 1; scope++) {
+            CHECK(rm_query_stats(rm, (enum rm_scope)scope, keys[i], out, &e) == ERR_OK);
+            for (int kind = 0; kind <= 1; kind++) {
+                CHECK(rm_query_list(rm, (enum rm_scope)scope, keys[i], (enum tracking_kind)kind,
+                                    100, 0, out, &e) == ERR_OK);
+            }
+        }
+    }
+}
+
+static void test_apply_and_replay(const char *dir)
+{
+    /* event data as the store holds it */
+    static const struct {
+        const char *type;
+        const char *data;
+    } raw[] = {
+        { "ImpresionRegistrada", "{\"id\":\"e1\",\"campana_id\":\"c1\",\"influencer_id\":\"i1\",\"timestamp\":\"2026-01-01T00:00:00Z\"}" },
+        { "ConversionRegistrada", "{\"id\":\"e1\",\"campana_id\":\"c1\",\"influencer_id\":\"i1\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"valor\":0.1,\"moneda\":\"USD\"}" },
+        { "ClickRegistrado", "{\"id\":\"k\"}" },                              /* unknown: skipped */
+        { "ConversionRegistrada", "{\"id\":\"e2\",\"campana_id\":\"c1\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"valor\":0.2,\"moneda\":\"USD\"}" },
+        { "ImpresionRegistrada", "{\"campana_id\":\"c1\"}" },                   /* invalid: no id */
+        { "ImpresionRegistrada", "{\"id\":\"e3\",\"campana_id\":\"c1\",\"timestamp\":\"2026-01-01T00:00:00Z\"}" },
+        { "ImpresionRegistrada", "{\"id\":\"e4\",\"campana_id\":\"c2\",\"influencer_id\":\"i2\",\"timestamp\":\"2026-01-01T00:00:00Z\"}" },
+        { "ConversionRegistrada", "{\"id\":\"e5\",\"campana_id\":\"c1\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"valor\":5,\"moneda\":\"EUR\"}" },
+    };
+    struct event_rec evs[ARRAY_LEN(raw)];
+    for (size_t i = 0; i < ARRAY_LEN(raw); i++) {
+        memset(&evs[i], 0, sizeof(evs[i]));
+        evs[i].position = (int64_t)i + 1;
+        evs[i].stream_id = "s";
+        evs[i].type = raw[i].type;
+        evs[i].data = raw[i].data;
+        evs[i].data_len = strlen(raw[i].data);
+        evs[i].metadata = "{}";
+        evs[i].recorded_at_us = 1764324900000000LL + (int64_t)i;
+    }
+    struct fixture one, many;
+    fx_open(&one, dir, "one.db");
+    fx_open(&many, dir, "many.db");
+    struct proj_counters c1 = { 0 }, c2 = { 0 };
+    apply_range(&one, evs, 0, ARRAY_LEN(evs), &c1);
+    for (size_t i = 0; i < ARRAY_LEN(evs); i++) {
+        apply_range(&many, evs, i, i + 1, &c2);
+    }
+    CHECK(c1.applied == 6 && c1.skipped == 1 && c1.invalid == 1);
+    CHECK(c2.applied == c1.applied && c2.skipped == c1.skipped && c2.invalid == c1.invalid);
+
+    struct buf a, b;
+    buf_init(&a, 0);
+    buf_init(&b, 0);
+    query_all(one.rm, &a);
+    query_all(many.rm, &b);
+    CHECK(a.len > 0 && a.len == b.len && memcmp(a.p, b.p, a.len) == 0);
+
+    struct err e;
+    buf_reset(&a);
+    CHECK(rm_query_stats(one.rm, SCOPE_CAMPANA, "c1", &a, &e) == ERR_OK);
+    CHECK(strstr(a.p, "\"total_impresiones\":2,\"total_conversiones\":3,"
+                      "\"valor_total_conversiones\":null,\"tasa_conversion\":150,") != NULL);
+    CHECK(strstr(a.p, "\"valor_por_moneda\":{\"EUR\":5,\"USD\":0.3}") != NULL);
+    buf_reset(&a);
+    CHECK(rm_query_stats(one.rm, SCOPE_INFLUENCER, "i1", &a, &e) == ERR_OK);
+    CHECK(strstr(a.p, "\"valor_total_conversiones\":0.1,\"tasa_conversion\":100,") != NULL);
+    buf_reset(&a);
+    CHECK(rm_query_stats(one.rm, SCOPE_CAMPANA, "nope", &a, &e) == ERR_OK);
+    CHECK(strstr(a.p, "\"total_impresiones\":0,\"total_conversiones\":0,\"valor_total_conversiones\":0,"
+                      "\"tasa_conversion\":0,\"ultima_actualizacion\":null,\"valor_por_moneda\":{}") != NULL);
+    buf_reset(&a);
+    CHECK(rm_query_list(one.rm, SCOPE_CAMPANA, "c1", KIND_IMPRESION, 1, 0, &a, &e) == ERR_OK);
+    CHECK(strstr(a.p, "\"total\":2,\"limit\":1,\"offset\":0,\"impresiones\":[{\"id\":\"e3\"") != NULL);
+    buf_reset(&a);
+    CHECK(rm_query_by_id(one.rm, KIND_CONVERSION, "e1", &a, &e) == ERR_OK);
+    CHECK(strstr(a.p, "\"valor\":0.1,\"moneda\":\"USD\"") != NULL);
+    CHECK(strstr(a.p, "\"position\":2}") != NULL);
+    CHECK(rm_query_by_id(one.rm, KIND_IMPRESION, "e5", &a, &e) == ERR_NOTFOUND);
+    int64_t pos = 0;
+    CHECK(rm_query_position(one.rm, &pos, &e) == ERR_OK && pos == (int64_t)ARRAY_LEN(evs));
+
+    buf_fini(&a);
+    buf_fini(&b);
+    fx_close(&one);
+    fx_close(&many);
+}
+
+int main(void)
+{
+    char dir[] = "/tmp/rastro-proj-XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        return 1;
+    }
+    test_stats_table();
+    test_money_format();
+    test_apply_and_replay(dir);
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "could not remove %s\n", dir);
+    }
+    return check_done("test_projections");
+}
