@@ -129,7 +129,7 @@ int service_serve(const struct config *cfg)
     bus = bus_local_new(head);
     committer_set_listener(committer, on_commit, bus);
 
-    if (projector_new(cfg->store, cfg->data, rm_path, bus, &proj, &e) != ERR_OK ||
+    if (projector_new(cfg->store, cfg->data, rm_path, bus, 0, &proj, &e) != ERR_OK ||
         projector_start(proj, &e) != ERR_OK) {
         log_error("cannot start projections", "err=\"%s\"", e.msg);
         goto out;
@@ -216,7 +216,7 @@ int service_rebuild(const struct config *cfg)
     struct projector *p = NULL;
     remove_db(tmp);
     int64_t t0 = time_mono_us();
-    if (projector_new(cfg->store, cfg->data, tmp, NULL, &p, &e) != ERR_OK ||
+    if (projector_new(cfg->store, cfg->data, tmp, NULL, PROJ_BULK, &p, &e) != ERR_OK ||
         projector_run_to_head(p, &e) != ERR_OK) {
         fprintf(stderr, "rastro: rebuild failed: %s\n", e.msg);
         goto out;

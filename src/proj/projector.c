@@ -16,13 +16,19 @@
 #include "proj/stats.h"
 #include "read/readmodel.h"
 
-#define BATCH_MAX 2000
+#define BATCH_MAX 8192
+#define BULK_BATCH_MAX 65536
+/* After a partial batch, wait this long for more events before the next
+ * commit: fewer, larger read-model transactions (each dirty page is written
+ * once per commit, not once per event) for at most this much added lag. */
+#define COALESCE_MS 10
 
 struct projector {
     struct evstore *store;          /* read-only, projector thread only */
     struct readmodel *rm;           /* writer, projector thread only */
     struct stats_acc *acc;
     struct bus *bus;
+    bool bulk;
     pthread_t thread;
     bool started;
     atomic_bool stopping;
@@ -103,7 +109,7 @@ static int step(struct projector *p, struct err *e)
     if (rc != ERR_OK) {
         return rc;
     }
-    rc = evstore_read(p->store, from + 1, BATCH_MAX, apply_cb, p, e);
+    rc = evstore_read(p->store, from + 1, p->bulk ? BULK_BATCH_MAX : BATCH_MAX, apply_cb, p, e);
     if (rc < 0) {
         goto fail;
     }
@@ -116,7 +122,9 @@ static int step(struct projector *p, struct err *e)
         rm_rollback(p->rm);
         return 0;
     }
-    rc = stats_acc_flush(p->acc, p->rm, e);
+    if (!p->bulk) {
+        rc = stats_acc_flush(p->acc, p->rm, e);     /* bulk: once, at the end */
+    }
     for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {
         rc = rm_set_checkpoint(p->rm, proj_names[i], p->batch_last, e);
     }
@@ -151,14 +159,29 @@ int projector_run_to_head(struct projector *p, struct err *e)
             return n;
         }
         if (n == 0) {
-            return ERR_OK;
+            break;
         }
     }
+    if (!p->bulk) {
+        return ERR_OK;
+    }
+    int rc = rm_begin(p->rm, e);
+    if (rc == ERR_OK) {
+        rc = stats_acc_flush(p->acc, p->rm, e);
+    }
+    if (rc == ERR_OK) {
+        rc = rm_commit(p->rm, e);
+    }
+    if (rc == ERR_OK) {
+        rc = rm_bulk_finish(p->rm, e);
+    }
+    return rc;
 }
 
 static void *run(void *arg)
 {
     struct projector *p = arg;
+    pthread_setname_np(pthread_self(), "rastro-project");
     int backoff_ms = 0;
     for (;;) {
         struct err e;
@@ -176,7 +199,11 @@ static void *run(void *arg)
         }
         backoff_ms = 0;
         wake_waiters(p, false);
+        if (n >= BATCH_MAX) {
+            continue;
+        }
         if (n > 0) {
+            bus_wait(p->bus, INT64_MAX, COALESCE_MS);
             continue;
         }
         if (atomic_load(&p->stopping)) {
@@ -195,15 +222,16 @@ static void *run(void *arg)
 }
 
 int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
-                  struct bus *bus, struct projector **out, struct err *e)
+                  struct bus *bus, int flags, struct projector **out, struct err *e)
 {
     struct projector *p = xcalloc(1, sizeof(*p));
+    p->bulk = (flags & PROJ_BULK) != 0;
     pthread_mutex_init(&p->mu, NULL);
     p->bus = bus;
     p->acc = stats_acc_new();
     int rc = evstore_open(store_spec, data_dir, EVSTORE_READONLY, &p->store, e);
     if (rc == ERR_OK) {
-        rc = readmodel_open(rm_path, RM_WRITER, &p->rm, e);
+        rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, &p->rm, e);
     }
     int64_t pos = INT64_MAX;
     for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {

@@ -41,10 +41,15 @@ struct proj_waiter {
 
 struct projector;
 
+enum {
+    PROJ_BULK = 1 << 0,     /* rebuild into a fresh file: big batches, indexes and
+                             * statistics written once at the end */
+};
+
 /* Opens its own read-only store connection (store_spec, data_dir) and the
  * read-model writer at rm_path. Does not start the thread. */
 int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
-                  struct bus *bus, struct projector **out, struct err *e) WARN_UNUSED;
+                  struct bus *bus, int flags, struct projector **out, struct err *e) WARN_UNUSED;
 int projector_start(struct projector *p, struct err *e) WARN_UNUSED;
 /* Catches up with everything committed so far, then stops the thread and
  * wakes remaining waiters (later ones are woken at once). Idempotent. */

@@ -66,25 +66,17 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_POSITION] = "SELECT coalesce(min(position), 0) FROM checkpoints",
 };
 
-static const char *schema_sql =
+static const char *tables_sql =
     "CREATE TABLE IF NOT EXISTS checkpoints(projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS impresiones("
     " position INTEGER PRIMARY KEY, id TEXT NOT NULL, campana_id TEXT NOT NULL,"
     " influencer_id TEXT, usuario_id TEXT, tipo_evento TEXT NOT NULL, user_agent TEXT,"
     " ip_address TEXT, referrer TEXT, timestamp INTEGER NOT NULL, recorded_at INTEGER NOT NULL);"
-    "CREATE UNIQUE INDEX IF NOT EXISTS impresiones_id ON impresiones(id);"
-    "CREATE INDEX IF NOT EXISTS impresiones_campana ON impresiones(campana_id, position);"
-    "CREATE INDEX IF NOT EXISTS impresiones_influencer ON impresiones(influencer_id, position)"
-    " WHERE influencer_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS conversiones("
     " position INTEGER PRIMARY KEY, id TEXT NOT NULL, campana_id TEXT NOT NULL,"
     " influencer_id TEXT, usuario_id TEXT, tipo_evento TEXT NOT NULL, user_agent TEXT,"
     " ip_address TEXT, referrer TEXT, timestamp INTEGER NOT NULL, recorded_at INTEGER NOT NULL,"
     " tipo_conversion TEXT NOT NULL, valor INTEGER NOT NULL, moneda TEXT NOT NULL);"
-    "CREATE UNIQUE INDEX IF NOT EXISTS conversiones_id ON conversiones(id);"
-    "CREATE INDEX IF NOT EXISTS conversiones_campana ON conversiones(campana_id, position);"
-    "CREATE INDEX IF NOT EXISTS conversiones_influencer ON conversiones(influencer_id, position)"
-    " WHERE influencer_id IS NOT NULL;"
     "CREATE TABLE IF NOT EXISTS stats(scope INTEGER NOT NULL, key TEXT NOT NULL,"
     " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL, ultima INTEGER NOT NULL,"
     " PRIMARY KEY(scope, key)) WITHOUT ROWID;"
@@ -93,6 +85,19 @@ static const char *schema_sql =
     " moneda TEXT NOT NULL, valor TEXT NOT NULL, conversiones INTEGER NOT NULL,"
     " PRIMARY KEY(scope, key, moneda)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);";
+
+/* Secondary indexes: created with the tables for live projection, and only
+ * at the end of a bulk rebuild (one sort instead of millions of random
+ * B-tree inserts). */
+static const char *indexes_sql =
+    "CREATE UNIQUE INDEX IF NOT EXISTS impresiones_id ON impresiones(id);"
+    "CREATE INDEX IF NOT EXISTS impresiones_campana ON impresiones(campana_id, position);"
+    "CREATE INDEX IF NOT EXISTS impresiones_influencer ON impresiones(influencer_id, position)"
+    " WHERE influencer_id IS NOT NULL;"
+    "CREATE UNIQUE INDEX IF NOT EXISTS conversiones_id ON conversiones(id);"
+    "CREATE INDEX IF NOT EXISTS conversiones_campana ON conversiones(campana_id, position);"
+    "CREATE INDEX IF NOT EXISTS conversiones_influencer ON conversiones(influencer_id, position)"
+    " WHERE influencer_id IS NOT NULL;";
 
 struct readmodel {
     sqlite3 *db;
@@ -148,7 +153,7 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
     rm->path = xstrdup(path);
     rm->mode = mode;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
-    if (mode == RM_WRITER) {
+    if (mode == RM_WRITER || mode == RM_BULK) {
         flags |= SQLITE_OPEN_CREATE;
     }
     int rc = ERR_OK;
@@ -157,9 +162,15 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
         goto fail;
     }
     sqlite3_busy_timeout(rm->db, 5000);
-    if (mode == RM_WRITER) {
-        rc = exec(rm, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                      " PRAGMA cache_size=-65536", e);
+    if (mode == RM_WRITER || mode == RM_BULK) {
+        /* Bulk (rebuild into a fresh file that is discarded on failure):
+         * no journal, no fsync until the end. Live: WAL, fsync at
+         * checkpoints; the checkpoint row makes any crash safe. */
+        rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                                        " PRAGMA cache_size=-131072"
+                                      : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                                        " PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=8192",
+                  e);
         if (rc != ERR_OK) {
             goto fail;
         }
@@ -170,7 +181,10 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
         if (ver == 0) {
             rc = exec(rm, "BEGIN", e);
             if (rc == ERR_OK) {
-                rc = exec(rm, schema_sql, e);
+                rc = exec(rm, tables_sql, e);
+            }
+            if (rc == ERR_OK && mode == RM_WRITER) {
+                rc = exec(rm, indexes_sql, e);
             }
             if (rc == ERR_OK) {
                 rc = exec(rm, "PRAGMA user_version=1; COMMIT", e);
@@ -193,6 +207,15 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
     return ERR_OK;
 fail:
     readmodel_close(rm);
+    return rc;
+}
+
+int rm_bulk_finish(struct readmodel *rm, struct err *e)
+{
+    int rc = exec(rm, indexes_sql, e);
+    if (rc == ERR_OK) {
+        rc = exec(rm, "PRAGMA journal_mode=DELETE", e);
+    }
     return rc;
 }
 

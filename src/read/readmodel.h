@@ -30,7 +30,9 @@
 
 enum rm_scope { SCOPE_CAMPANA = 0, SCOPE_INFLUENCER = 1 };
 
-enum { RM_WRITER = 1, RM_READER = 2 };
+/* RM_BULK: a fresh file for `rastro rebuild`: no journal, no fsync, no
+ * secondary indexes until rm_bulk_finish() builds them in one sort each. */
+enum { RM_WRITER = 1, RM_READER = 2, RM_BULK = 3 };
 
 struct readmodel;
 
@@ -38,6 +40,7 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
 void readmodel_close(struct readmodel *rm);     /* NULL is a no-op */
 
 /* ---- writer (projector) ---- */
+int rm_bulk_finish(struct readmodel *rm, struct err *e) WARN_UNUSED;
 int rm_begin(struct readmodel *rm, struct err *e) WARN_UNUSED;
 int rm_commit(struct readmodel *rm, struct err *e) WARN_UNUSED;
 void rm_rollback(struct readmodel *rm);

@@ -108,6 +108,7 @@ static void commit_batch(struct committer *c, size_t n)
 static void *run(void *arg)
 {
     struct committer *c = arg;
+    pthread_setname_np(pthread_self(), "rastro-commit");
     for (;;) {
         pthread_mutex_lock(&c->mu);
         while (c->head == NULL && !c->stopping) {
