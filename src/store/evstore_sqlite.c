@@ -8,8 +8,10 @@
  * rows as at 100). There is deliberately no secondary index: a unique index
  * on random client ids dirties a page per row and caps ingest at ~20k/s
  * past a million rows. Finding a stream's events (the idempotency check)
- * goes through an in-memory idindex of hash(stream_id) -> positions instead,
- * which is derived from the log and rebuilt at open.
+ * goes through an lsmidx of hash(stream_id) -> positions instead (events.db.idx:
+ * a memtable plus sorted runs with bloom filters, written in the background),
+ * derived from the log: at open, the events after the index's flushed mark
+ * are added again.
  *
  * Triggers refuse UPDATE and DELETE on events: the log is append-only even
  * for someone with the sqlite3 shell.
@@ -25,9 +27,10 @@
 #include <sys/stat.h>
 
 #include "core/hash.h"
+#include "core/log.h"
 #include "core/xmalloc.h"
 #include "store/evstore.h"
-#include "store/idindex.h"
+#include "index/lsmidx.h"
 
 #define SCHEMA_VERSION 1
 
@@ -37,7 +40,8 @@ struct sqlite_store {
     char *path;
     int flags;
     int64_t head;               /* writer: last committed position */
-    struct idindex *streams;    /* writer only */
+    struct lsmidx *streams;     /* writer only */
+    struct lsmidx_reader *sr;
     sqlite3_stmt *ins;
     sqlite3_stmt *at;           /* stream_id, stream_version by position */
     sqlite3_stmt *rd;
@@ -141,21 +145,25 @@ static int at_position(struct sqlite_store *s, int64_t pos, char *sid, size_t si
     return rc;
 }
 
-/* Current version and last position of a stream, via the idindex. */
+/* Current version and last position of a stream, via the stream index. */
 static int find_stream(struct sqlite_store *s, const char *stream_id, int64_t *version,
                        int64_t *last_pos, struct err *e)
 {
     int64_t cand[16];
+    size_t n = 0;
     uint64_t h = hash64(stream_id, strlen(stream_id));
-    size_t n = idindex_find(s->streams, h, cand, ARRAY_LEN(cand));
+    int rc = lsmidx_find(s->streams, s->sr, h, cand, ARRAY_LEN(cand), &n, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
     if (n > ARRAY_LEN(cand)) {
         return err_set(e, ERR_IO, "stream index: %zu events under one hash", n);
     }
     int64_t best_v = 0, best_p = 0;
     for (size_t i = 0; i < n; i++) {
         char sid[1024];
-        int64_t v;
-        int rc = at_position(s, cand[i], sid, sizeof(sid), &v, e);
+        int64_t v = 0;
+        rc = at_position(s, cand[i], sid, sizeof(sid), &v, e);
         if (rc == ERR_NOTFOUND) {
             continue;
         }
@@ -235,7 +243,7 @@ static int s_append(struct evstore *base, const struct event_in *ev, size_t n,
             rc = db_err(s, e, "appending event");
             goto out;
         }
-        idindex_add(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)), pos);
+        lsmidx_add(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)), pos);
         added++;
         out[i].status = ERR_OK;
         out[i].position = pos;
@@ -249,14 +257,15 @@ out:
         /* undo what this batch put in the index: positions head+1 .. pos */
         for (size_t i = 0; i < n && added > 0; i++) {
             if (out[i].status == ERR_OK && out[i].position > s->head) {
-                idindex_remove(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)),
-                               out[i].position);
+                lsmidx_remove(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)),
+                              out[i].position);
                 added--;
             }
         }
         return rc;
     }
     s->head = pos;
+    lsmidx_commit(s->streams, pos);
     return ERR_OK;
 }
 
@@ -304,7 +313,8 @@ static void s_close(struct evstore *base)
     sqlite3_finalize(s->rd);
     sqlite3_finalize(s->hd);
     sqlite3_close(s->db);
-    idindex_free(s->streams);
+    lsmidx_reader_close(s->sr);
+    lsmidx_close(s->streams);
     free(s->path);
     free(s);
 }
@@ -327,39 +337,62 @@ static int prepare(struct sqlite_store *s, const char *sql, sqlite3_stmt **st, s
     return ERR_OK;
 }
 
-/* Reads the log once to rebuild the stream index and the head. */
+/* Opens the stream index and adds the events it has not flushed yet. */
 static int load_index(struct sqlite_store *s, struct err *e)
 {
     sqlite3_stmt *st = NULL;
-    int rc = prepare(s, "SELECT count(*), coalesce(max(position), 0) FROM events", &st, e);
+    int rc = prepare(s, "SELECT coalesce(max(position), 0) FROM events", &st, e);
     if (rc != ERR_OK) {
         return rc;
     }
-    int64_t count = 0;
     if (sqlite3_step(st) == SQLITE_ROW) {
-        count = sqlite3_column_int64(st, 0);
-        s->head = sqlite3_column_int64(st, 1);
+        s->head = sqlite3_column_int64(st, 0);
     }
     sqlite3_finalize(st);
-    if (count != s->head) {
-        return err_set(e, ERR_STATE, "event log has gaps: %lld events up to position %lld (%s)",
-                       (long long)count, (long long)s->head, s->path);
+
+    char ipath[4200];
+    snprintf(ipath, sizeof(ipath), "%s.idx", s->path);
+    const char *mt = getenv("RASTRO_INDEX_MEMTABLE");
+    size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10) : 0;
+    rc = lsmidx_open(ipath, memtable, &s->streams, e);
+    if (rc == ERR_OK) {
+        rc = lsmidx_reader_open(s->streams, &s->sr, e);
     }
-    s->streams = idindex_new((size_t)count + 1024);
-    rc = prepare(s, "SELECT position, stream_id FROM events", &st, e);
     if (rc != ERR_OK) {
         return rc;
     }
+    int64_t from = lsmidx_flushed(s->streams);
+    if (from > s->head) {
+        /* the index is ahead of the log (a restored backup?): start over */
+        log_warn("stream index ahead of the event log; rebuilding it", "index=%lld log=%lld",
+                 (long long)from, (long long)s->head);
+        rc = lsmidx_reset(s->streams, e);
+        if (rc != ERR_OK) {
+            return rc;
+        }
+        from = 0;
+    }
+    rc = prepare(s, "SELECT position, stream_id FROM events WHERE position > ?", &st, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    sqlite3_bind_int64(st, 1, from);
     int r;
+    int64_t added = 0;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
         const void *sid = sqlite3_column_text(st, 1);
         int len = sqlite3_column_bytes(st, 1);
-        idindex_add(s->streams, hash64(sid, (size_t)len), sqlite3_column_int64(st, 0));
+        int64_t pos = sqlite3_column_int64(st, 0);
+        lsmidx_add(s->streams, hash64(sid, (size_t)len), pos);
+        if (++added % 65536 == 0) {
+            lsmidx_commit(s->streams, pos);
+        }
     }
     sqlite3_finalize(st);
     if (r != SQLITE_DONE) {
         return db_err(s, e, "loading stream index");
     }
+    lsmidx_commit(s->streams, s->head);
     return ERR_OK;
 }
 

@@ -8,7 +8,7 @@
 #include "core/hash.h"
 #include "core/jsonw.h"
 #include "core/uuid.h"
-#include "store/idindex.h"
+#include "index/idindex.h"
 
 static void test_jsonw(void)
 {

@@ -2,7 +2,7 @@
  * idindex.c - see idindex.h. Deletion uses backward-shift (no tombstones),
  * so lookups never slow down after rollbacks.
  */
-#include "store/idindex.h"
+#include "index/idindex.h"
 
 #include <stdlib.h>
 
@@ -134,4 +134,14 @@ size_t idindex_count(const struct idindex *ix)
 size_t idindex_bytes(const struct idindex *ix)
 {
     return (ix->mask + 1) * sizeof(struct slot) + sizeof(*ix);
+}
+
+void idindex_each(const struct idindex *ix, void (*cb)(uint64_t h, int64_t pos, void *arg),
+                  void *arg)
+{
+    for (size_t i = 0; i <= ix->mask; i++) {
+        if (ix->s[i].h != 0) {
+            cb(ix->s[i].h, ix->s[i].pos, arg);
+        }
+    }
 }

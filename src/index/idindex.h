@@ -8,8 +8,8 @@
  * callers confirm each candidate against the real key. Open addressing with
  * linear probing; 16 bytes a slot, grown at 70% load. Not thread-safe.
  */
-#ifndef RASTRO_STORE_IDINDEX_H
-#define RASTRO_STORE_IDINDEX_H
+#ifndef RASTRO_INDEX_IDINDEX_H
+#define RASTRO_INDEX_IDINDEX_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +25,9 @@ void idindex_remove(struct idindex *ix, uint64_t h, int64_t pos);
  * there are in all (may exceed max). */
 size_t idindex_find(const struct idindex *ix, uint64_t h, int64_t *out, size_t max);
 size_t idindex_count(const struct idindex *ix);
+/* Calls cb for every entry (h as stored: a hash of 0 reads back as 1). */
+void idindex_each(const struct idindex *ix, void (*cb)(uint64_t h, int64_t pos, void *arg),
+                  void *arg);
 size_t idindex_bytes(const struct idindex *ix);
 
 #endif

@@ -1,0 +1,163 @@
+/*
+ * test_index.c - the log-structured id index: every entry is found again
+ * through flushes and merges, while another thread looks entries up
+ * concurrently (a merge must never hide one), after reopening, and after a
+ * reset.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "core/hash.h"
+#include "index/lsmidx.h"
+
+static uint64_t key(int64_t i)
+{
+    return hash64(&i, sizeof(i));
+}
+
+struct reader_arg {
+    struct lsmidx *ix;
+    _Atomic int64_t *committed;
+    atomic_bool *stop;
+    int64_t lookups;
+    int64_t misses;
+};
+
+/* Looks up random committed entries until told to stop; counts misses. */
+static void *reader(void *p)
+{
+    struct reader_arg *a = p;
+    struct lsmidx_reader *r = NULL;
+    struct err e;
+    if (lsmidx_reader_open(a->ix, &r, &e) != ERR_OK) {
+        a->misses = -1;
+        return NULL;
+    }
+    unsigned seed = 7;
+    while (!atomic_load(a->stop)) {
+        int64_t top = atomic_load(a->committed);
+        if (top == 0) {
+            continue;
+        }
+        int64_t i = 1 + (int64_t)(rand_r(&seed) % (unsigned)top);
+        int64_t out[8];
+        size_t n = 0;
+        if (lsmidx_find(a->ix, r, key(i), out, 8, &n, &e) != ERR_OK) {
+            a->misses++;
+            continue;
+        }
+        bool found = false;
+        for (size_t k = 0; k < n && k < 8; k++) {
+            found = found || out[k] == i;
+        }
+        a->misses += !found;
+        a->lookups++;
+    }
+    lsmidx_reader_close(r);
+    return NULL;
+}
+
+int main(void)
+{
+    char dir[] = "/tmp/rastro-index-XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        return 1;
+    }
+    char path[300];
+    snprintf(path, sizeof(path), "%s/t.idx", dir);
+    struct err e;
+    struct lsmidx *ix = NULL;
+    CHECK(lsmidx_open(path, 100, &ix, &e) == ERR_OK);
+    if (ix == NULL) {
+        return check_done("test_index");
+    }
+
+    enum { N = 20000 };
+    _Atomic int64_t committed = 0;
+    atomic_bool stop = false;
+    struct reader_arg ra = { .ix = ix, .committed = &committed, .stop = &stop };
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, reader, &ra) == 0);
+    for (int64_t i = 1; i <= N; i++) {
+        lsmidx_add(ix, key(i), i);
+        if (i % 37 == 0) {
+            /* an uncommitted add that is rolled back */
+            lsmidx_add(ix, key(N + i), N + i);
+            lsmidx_remove(ix, key(N + i), N + i);
+            lsmidx_commit(ix, i);
+            atomic_store(&committed, i);
+        }
+        if (i % 500 == 0) {
+            lsmidx_quiesce(ix);     /* let flushes and merges keep pace */
+        }
+    }
+    lsmidx_commit(ix, N);
+    atomic_store(&committed, N);
+    lsmidx_quiesce(ix);
+    usleep(20000);
+    atomic_store(&stop, true);
+    pthread_join(th, NULL);
+    CHECKF(ra.misses == 0 && ra.lookups > 0, "concurrent lookups: %lld misses of %lld",
+           (long long)ra.misses, (long long)ra.lookups);
+
+    struct lsmidx_stats st;
+    lsmidx_get_stats(ix, &st);
+    CHECKF(st.flushes >= N / 1000 && st.merges > 0, "flushes %lld merges %lld",
+           (long long)st.flushes, (long long)st.merges);
+    CHECKF(st.runs < 20, "runs %zu: merging keeps them few", st.runs);
+    CHECK(st.disk_entries + (int64_t)st.memtable == N);
+    CHECK(st.bloom_bytes > 0);
+
+    struct lsmidx_reader *r = NULL;
+    CHECK(lsmidx_reader_open(ix, &r, &e) == ERR_OK);
+    bool all = true;
+    int64_t out[8];
+    size_t n;
+    for (int64_t i = 1; i <= N; i++) {
+        all = all && lsmidx_find(ix, r, key(i), out, 8, &n, &e) == ERR_OK && n == 1 && out[0] == i;
+    }
+    CHECK(all);
+    CHECK(lsmidx_find(ix, r, key(N + 37), out, 8, &n, &e) == ERR_OK && n == 0);
+    /* one hash, many positions (collisions are the caller's to confirm) */
+    lsmidx_add(ix, 12345, N + 1);
+    lsmidx_add(ix, 12345, N + 2);
+    lsmidx_commit(ix, N + 2);
+    CHECK(lsmidx_find(ix, r, 12345, out, 8, &n, &e) == ERR_OK && n == 2);
+    int64_t flushed = lsmidx_flushed(ix);
+    CHECK(flushed > 0 && flushed <= N + 2);
+    lsmidx_reader_close(r);
+    lsmidx_close(ix);
+
+    /* reopen: what was flushed is there; the owner re-adds the rest */
+    ix = NULL;
+    CHECK(lsmidx_open(path, 100, &ix, &e) == ERR_OK);
+    if (ix != NULL) {
+        CHECK(lsmidx_flushed(ix) == flushed);
+        for (int64_t i = flushed + 1; i <= N; i++) {
+            lsmidx_add(ix, key(i), i);
+        }
+        lsmidx_commit(ix, N);
+        CHECK(lsmidx_reader_open(ix, &r, &e) == ERR_OK);
+        all = true;
+        for (int64_t i = 1; i <= N; i++) {
+            all = all && lsmidx_find(ix, r, key(i), out, 8, &n, &e) == ERR_OK && n == 1 &&
+                  out[0] == i;
+        }
+        CHECK(all);
+        CHECK(lsmidx_reset(ix, &e) == ERR_OK);
+        CHECK(lsmidx_flushed(ix) == 0);
+        CHECK(lsmidx_find(ix, r, key(5), out, 8, &n, &e) == ERR_OK && n == 0);
+        lsmidx_reader_close(r);
+        lsmidx_close(ix);
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "could not remove %s\n", dir);
+    }
+    return check_done("test_index");
+}
