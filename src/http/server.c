@@ -98,7 +98,7 @@ struct readmodel *http_rm_get(struct http_server *s, struct err *e)
         rm = s->pool[--s->pool_n];
     }
     pthread_mutex_unlock(&s->pool_mu);
-    if (rm == NULL && readmodel_open(s->deps.rm_path, RM_READER, &rm, e) != ERR_OK) {
+    if (rm == NULL && readmodel_open(s->deps.rm_path, RM_READER, projector_rm_index(s->deps.projector), &rm, e) != ERR_OK) {
         return NULL;
     }
     return rm;

@@ -1,6 +1,5 @@
 /*
- * idindex.c - see idindex.h. Deletion uses backward-shift (no tombstones),
- * so lookups never slow down after rollbacks.
+ * idindex.c - see idindex.h.
  */
 #include "index/idindex.h"
 
@@ -8,140 +7,117 @@
 
 #include "core/xmalloc.h"
 
-struct slot {
-    uint64_t h;     /* 0 = empty; real hash 0 is stored as 1 */
+#define NIL UINT32_MAX
+
+struct entry {
+    uint64_t h;
     int64_t pos;
+    uint32_t prev;      /* previous entry in the same bucket, or NIL */
+    uint32_t live;
 };
 
 struct idindex {
-    struct slot *s;
+    uint32_t *bucket;   /* newest entry of each bucket, or NIL */
     size_t mask;
-    size_t count;
+    struct entry *e;
+    size_t n, cap;
+    size_t live;
 };
-
-static uint64_t fix(uint64_t h)
-{
-    return h == 0 ? 1 : h;
-}
 
 struct idindex *idindex_new(size_t expected)
 {
     struct idindex *ix = xcalloc(1, sizeof(*ix));
-    size_t n = 1024;
-    while (n * 7 / 10 < expected) {
-        n *= 2;
+    size_t nb = 1024;
+    while (nb < expected) {
+        nb *= 2;
     }
-    ix->s = xcalloc(n, sizeof(struct slot));
-    ix->mask = n - 1;
+    ix->bucket = xmalloc(nb * sizeof(uint32_t));
+    for (size_t i = 0; i < nb; i++) {
+        ix->bucket[i] = NIL;
+    }
+    ix->mask = nb - 1;
+    ix->cap = 1024;
+    ix->e = xmalloc(ix->cap * sizeof(struct entry));
     return ix;
 }
 
 void idindex_free(struct idindex *ix)
 {
     if (ix != NULL) {
-        free(ix->s);
+        free(ix->bucket);
+        free(ix->e);
         free(ix);
     }
 }
 
-static void put(struct idindex *ix, uint64_t h, int64_t pos)
-{
-    size_t i = (size_t)h & ix->mask;
-    while (ix->s[i].h != 0) {
-        i = (i + 1) & ix->mask;
-    }
-    ix->s[i].h = h;
-    ix->s[i].pos = pos;
-    ix->count++;
-}
-
-static void grow(struct idindex *ix)
-{
-    struct slot *old = ix->s;
-    size_t n = ix->mask + 1;
-    ix->s = xcalloc(n * 2, sizeof(struct slot));
-    ix->mask = n * 2 - 1;
-    ix->count = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (old[i].h != 0) {
-            put(ix, old[i].h, old[i].pos);
-        }
-    }
-    free(old);
-}
-
 void idindex_add(struct idindex *ix, uint64_t h, int64_t pos)
 {
-    if ((ix->count + 1) * 10 > (ix->mask + 1) * 7) {
-        grow(ix);
+    if (ix->n == ix->cap) {
+        ix->cap *= 2;
+        ix->e = xrealloc(ix->e, ix->cap * sizeof(struct entry));
     }
-    put(ix, fix(h), pos);
+    size_t b = (size_t)(h ^ (h >> 29)) & ix->mask;
+    struct entry *x = &ix->e[ix->n];
+    x->h = h;
+    x->pos = pos;
+    x->prev = ix->bucket[b];
+    x->live = 1;
+    ix->bucket[b] = (uint32_t)ix->n;
+    ix->n++;
+    ix->live++;
 }
 
 void idindex_remove(struct idindex *ix, uint64_t h, int64_t pos)
 {
-    h = fix(h);
-    size_t i = (size_t)h & ix->mask;
-    while (ix->s[i].h != 0 && !(ix->s[i].h == h && ix->s[i].pos == pos)) {
-        i = (i + 1) & ix->mask;
-    }
-    if (ix->s[i].h == 0) {
-        return;
-    }
-    /* backward-shift: pull later members of the cluster into the hole */
-    size_t hole = i;
-    size_t j = i;
-    for (;;) {
-        j = (j + 1) & ix->mask;
-        if (ix->s[j].h == 0) {
-            break;
-        }
-        size_t home = (size_t)ix->s[j].h & ix->mask;
-        /* move j into hole unless its home lies cyclically in (hole, j] */
-        int in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!in_range) {
-            ix->s[hole] = ix->s[j];
-            hole = j;
+    size_t b = (size_t)(h ^ (h >> 29)) & ix->mask;
+    for (uint32_t i = ix->bucket[b]; i != NIL; i = ix->e[i].prev) {
+        if (ix->e[i].live && ix->e[i].h == h && ix->e[i].pos == pos) {
+            ix->e[i].live = 0;
+            ix->live--;
+            return;
         }
     }
-    ix->s[hole].h = 0;
-    ix->s[hole].pos = 0;
-    ix->count--;
 }
 
-size_t idindex_find(const struct idindex *ix, uint64_t h, int64_t *out, size_t max)
+size_t idindex_find_from(const struct idindex *ix, uint64_t h, size_t skip, int64_t *out,
+                         size_t max)
 {
-    h = fix(h);
-    size_t n = 0;
-    size_t i = (size_t)h & ix->mask;
-    while (ix->s[i].h != 0) {
-        if (ix->s[i].h == h) {
-            if (n < max) {
-                out[n] = ix->s[i].pos;
-            }
-            n++;
+    size_t b = (size_t)(h ^ (h >> 29)) & ix->mask;
+    size_t n = 0, taken = 0;
+    for (uint32_t i = ix->bucket[b]; i != NIL; i = ix->e[i].prev) {
+        const struct entry *x = &ix->e[i];
+        if (!x->live || x->h != h) {
+            continue;
         }
-        i = (i + 1) & ix->mask;
+        if (n >= skip && taken < max) {
+            out[taken++] = x->pos;
+        }
+        n++;
     }
     return n;
 }
 
+size_t idindex_find(const struct idindex *ix, uint64_t h, int64_t *out, size_t max)
+{
+    return idindex_find_from(ix, h, 0, out, max);
+}
+
 size_t idindex_count(const struct idindex *ix)
 {
-    return ix->count;
+    return ix->live;
 }
 
 size_t idindex_bytes(const struct idindex *ix)
 {
-    return (ix->mask + 1) * sizeof(struct slot) + sizeof(*ix);
+    return (ix->mask + 1) * sizeof(uint32_t) + ix->cap * sizeof(struct entry) + sizeof(*ix);
 }
 
 void idindex_each(const struct idindex *ix, void (*cb)(uint64_t h, int64_t pos, void *arg),
                   void *arg)
 {
-    for (size_t i = 0; i <= ix->mask; i++) {
-        if (ix->s[i].h != 0) {
-            cb(ix->s[i].h, ix->s[i].pos, arg);
+    for (size_t i = 0; i < ix->n; i++) {
+        if (ix->e[i].live) {
+            cb(ix->e[i].h, ix->e[i].pos, arg);
         }
     }
 }

@@ -65,7 +65,10 @@ struct lsmidx {
 struct lsmidx_reader {
     struct lsmidx *ix;
     sqlite3 *db;
-    sqlite3_stmt *find;
+    sqlite3_stmt *find;         /* every run the bloom filter lets through */
+    sqlite3_stmt *runs;         /* runs, newest first */
+    sqlite3_stmt *count;        /* entries of h in one run */
+    sqlite3_stmt *page;         /* entries of h in one run, newest first */
 };
 
 static uint64_t fix(uint64_t h)
@@ -629,13 +632,25 @@ int lsmidx_reader_open(struct lsmidx *ix, struct lsmidx_reader **out, struct err
     if (rc == ERR_OK) {
         rc = exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8192", ix->path, e);
     }
-    /* runs outer, keys inner: one seek per run the bloom filter lets through */
-    if (rc == ERR_OK &&
-        sqlite3_prepare_v3(r->db,
-                           "SELECT k.pos FROM lsm_runs r CROSS JOIN lsm_keys k"
-                           " WHERE lsm_maybe(r.run, ?1) AND k.run = r.run AND k.h = ?1",
-                           -1, SQLITE_PREPARE_PERSISTENT, &r->find, NULL) != SQLITE_OK) {
-        rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
+    /* runs outer, keys inner: one seek per run the bloom filter lets through.
+     * pos <= ?2 (the flushed mark when the memtables were read) leaves out
+     * a run flushed since, whose entries were already taken from memory. */
+    static const char *const sql[] = {
+        "SELECT k.pos FROM lsm_runs r CROSS JOIN lsm_keys k"
+        " WHERE lsm_maybe(r.run, ?1) AND k.run = r.run AND k.h = ?1 AND k.pos <= ?2",
+        /* newer runs first: lower levels are newer than higher ones, and
+         * within a level a larger run id is newer (see merge_runs) */
+        "SELECT run FROM lsm_runs ORDER BY level ASC, run DESC",
+        "SELECT count(*) FROM lsm_keys WHERE run = ?1 AND h = ?2 AND pos <= ?3",
+        "SELECT pos FROM lsm_keys WHERE run = ?1 AND h = ?2 AND pos <= ?3"
+        " ORDER BY pos DESC LIMIT ?4 OFFSET ?5",
+    };
+    sqlite3_stmt **st[] = { &r->find, &r->runs, &r->count, &r->page };
+    for (size_t i = 0; i < ARRAY_LEN(sql) && rc == ERR_OK; i++) {
+        if (sqlite3_prepare_v3(r->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, st[i], NULL) !=
+            SQLITE_OK) {
+            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
+        }
     }
     if (rc != ERR_OK) {
         lsmidx_reader_close(r);
@@ -649,53 +664,112 @@ void lsmidx_reader_close(struct lsmidx_reader *r)
 {
     if (r != NULL) {
         sqlite3_finalize(r->find);
+        sqlite3_finalize(r->runs);
+        sqlite3_finalize(r->count);
+        sqlite3_finalize(r->page);
         sqlite3_close(r->db);
         free(r);
     }
-}
-
-static void add_unique(int64_t *out, size_t max, size_t *n, int64_t pos)
-{
-    for (size_t i = 0; i < *n && i < max; i++) {
-        if (out[i] == pos) {
-            return;
-        }
-    }
-    if (*n < max) {
-        out[*n] = pos;
-    }
-    (*n)++;
 }
 
 int lsmidx_find(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t *out,
                 size_t max, size_t *n, struct err *e)
 {
     h = fix(h);
-    int64_t mem[16];
-    size_t nm = 0;
-    /* memtables first, then disk: an entry leaves the frozen memtable only
-     * after the run holding it committed, so it is always in one of them */
+    /* Memtables first, then disk. Under mu the memtables hold exactly the
+     * positions above the flushed mark, and a frozen memtable is dropped
+     * only after the run holding it committed, so memory plus the runs'
+     * entries at or below that mark is every entry, each once. */
     pthread_mutex_lock(&ix->mu);
-    size_t na = idindex_find(ix->active, h, mem, ARRAY_LEN(mem));
-    nm = na < ARRAY_LEN(mem) ? na : ARRAY_LEN(mem);
+    int64_t flushed = ix->flushed;
+    size_t total = idindex_find(ix->active, h, out, max);
     if (ix->frozen != NULL) {
-        nm += idindex_find(ix->frozen, h, mem + nm, ARRAY_LEN(mem) - nm);
+        size_t got = total < max ? total : max;
+        total += idindex_find(ix->frozen, h, out + got, max - got);
     }
     pthread_mutex_unlock(&ix->mu);
-    *n = 0;
-    for (size_t i = 0; i < nm && i < ARRAY_LEN(mem); i++) {
-        add_unique(out, max, n, mem[i]);
-    }
     int rc = ERR_OK;
     sqlite3_bind_int64(r->find, 1, (int64_t)h);
+    sqlite3_bind_int64(r->find, 2, flushed);
     int s;
     while ((s = sqlite3_step(r->find)) == SQLITE_ROW) {
-        add_unique(out, max, n, sqlite3_column_int64(r->find, 0));
+        if (total < max) {
+            out[total] = sqlite3_column_int64(r->find, 0);
+        }
+        total++;
     }
     if (s != SQLITE_DONE) {
         rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
     }
     sqlite3_reset(r->find);
+    *n = total;
+    return rc;
+}
+
+/* Takes up to *need positions of h from one memtable, after skipping
+ * *skip of them. Caller holds mu. */
+static void take_mem(const struct idindex *m, uint64_t h, int64_t *skip, int64_t *out,
+                     size_t *got, size_t limit)
+{
+    if (m == NULL || *got >= limit) {
+        return;
+    }
+    size_t before = *got;
+    size_t all = idindex_find_from(m, h, (size_t)*skip, out + before, limit - before);
+    size_t after_skip = all > (size_t)*skip ? all - (size_t)*skip : 0;
+    *got += after_skip < limit - before ? after_skip : limit - before;
+    *skip = all >= (size_t)*skip ? 0 : *skip - (int64_t)all;
+}
+
+int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t offset,
+                      size_t limit, int64_t *out, size_t *n, struct err *e)
+{
+    h = fix(h);
+    size_t got = 0;
+    int64_t skip = offset;
+    pthread_mutex_lock(&ix->mu);
+    int64_t flushed = ix->flushed;
+    take_mem(ix->active, h, &skip, out, &got, limit);
+    take_mem(ix->frozen, h, &skip, out, &got, limit);
+    pthread_mutex_unlock(&ix->mu);
+    int rc = ERR_OK;
+    if (got < limit && sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
+    } else if (got < limit) {
+        /* one read transaction: the run list and the runs' keys agree */
+        int s;
+        while (rc == ERR_OK && got < limit && (s = sqlite3_step(r->runs)) == SQLITE_ROW) {
+            int64_t run = sqlite3_column_int64(r->runs, 0);
+            if (skip > 0) {
+                sqlite3_bind_int64(r->count, 1, run);
+                sqlite3_bind_int64(r->count, 2, (int64_t)h);
+                sqlite3_bind_int64(r->count, 3, flushed);
+                int64_t cnt = sqlite3_step(r->count) == SQLITE_ROW
+                                  ? sqlite3_column_int64(r->count, 0) : 0;
+                sqlite3_reset(r->count);
+                if (cnt <= skip) {
+                    skip -= cnt;
+                    continue;
+                }
+            }
+            sqlite3_bind_int64(r->page, 1, run);
+            sqlite3_bind_int64(r->page, 2, (int64_t)h);
+            sqlite3_bind_int64(r->page, 3, flushed);
+            sqlite3_bind_int64(r->page, 4, (int64_t)(limit - got));
+            sqlite3_bind_int64(r->page, 5, skip);
+            while ((s = sqlite3_step(r->page)) == SQLITE_ROW) {
+                out[got++] = sqlite3_column_int64(r->page, 0);
+            }
+            if (s != SQLITE_DONE) {
+                rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
+            }
+            sqlite3_reset(r->page);
+            skip = 0;
+        }
+        sqlite3_reset(r->runs);
+        sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    }
+    *n = got;
     return rc;
 }
 

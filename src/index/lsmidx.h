@@ -69,9 +69,14 @@ int lsmidx_reader_open(struct lsmidx *ix, struct lsmidx_reader **out, struct err
 void lsmidx_reader_close(struct lsmidx_reader *r);
 
 /* Positions stored under h, up to max of them, in *n (which may exceed max
- * when there are more). Duplicates are removed. */
+ * when there are more). Each stored pair comes back once. */
 int lsmidx_find(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t *out,
                 size_t max, size_t *n, struct err *e) WARN_UNUSED;
+
+/* A key's positions newest first, as list queries want them: skips offset,
+ * writes up to limit into out and their number into *n. */
+int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t offset,
+                      size_t limit, int64_t *out, size_t *n, struct err *e) WARN_UNUSED;
 
 void lsmidx_get_stats(struct lsmidx *ix, struct lsmidx_stats *out);
 /* Waits until no flush or merge is pending (tests, shutdown). */

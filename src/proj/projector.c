@@ -231,7 +231,7 @@ int projector_new(const char *store_spec, const char *data_dir, const char *rm_p
     p->acc = stats_acc_new();
     int rc = evstore_open(store_spec, data_dir, EVSTORE_READONLY, &p->store, e);
     if (rc == ERR_OK) {
-        rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, &p->rm, e);
+        rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, NULL, &p->rm, e);
     }
     int64_t pos = INT64_MAX;
     for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {
@@ -258,6 +258,11 @@ int projector_start(struct projector *p, struct err *e)
     }
     p->started = true;
     return ERR_OK;
+}
+
+struct rm_index *projector_rm_index(struct projector *p)
+{
+    return readmodel_index(p->rm);
 }
 
 void projector_add_waiter(struct projector *p, struct proj_waiter *w)

@@ -21,6 +21,7 @@
 
 #include "bus/bus.h"
 #include "core/err.h"
+#include "read/readmodel.h"
 #include "store/evstore.h"
 
 struct projector_stats {
@@ -58,6 +59,8 @@ void projector_stop(struct projector *p);
 void projector_free(struct projector *p);
 
 int64_t projector_position(struct projector *p);
+/* The read-model index the projector writes, for query connections. */
+struct rm_index *projector_rm_index(struct projector *p);
 void projector_get_stats(struct projector *p, struct projector_stats *out);
 
 /* Applies everything up to the store's head on the calling thread (used by

@@ -3,24 +3,30 @@
  */
 #include "read/readmodel.h"
 
+#include <dirent.h>
+#include <libgen.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "core/hash.h"
 #include "core/jsonw.h"
+#include "core/log.h"
+#include "core/uuid.h"
+#include "index/lsmidx.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
 
 enum stmt_id {
     S_CKPT_GET, S_CKPT_SET,
     S_INS_IMP, S_INS_CONV,
     S_STATS_ADD, S_VALOR_GET, S_VALOR_SET, S_SKIP,
-    S_BYID_IMP, S_BYID_CONV,
-    S_LIST_CAMP_IMP, S_LIST_CAMP_CONV, S_LIST_INFL_IMP, S_LIST_INFL_CONV,
+    S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED,
     S_STATS_GET, S_VALOR_LIST, S_POSITION,
     S__COUNT
 };
@@ -45,28 +51,24 @@ static const char *const stmt_sql[S__COUNT] = {
                     " VALUES(?,?,?,?,?)",
     [S_SKIP] = "INSERT INTO skipped(type, count) VALUES(?1,?2)"
                " ON CONFLICT(type) DO UPDATE SET count=count+excluded.count",
-    [S_BYID_IMP] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
-                   " user_agent, ip_address, referrer, timestamp, recorded_at"
-                   " FROM impresiones WHERE id=?",
-    [S_BYID_CONV] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
-                    " user_agent, ip_address, referrer, timestamp, recorded_at,"
-                    " tipo_conversion, valor, moneda FROM conversiones WHERE id=?",
-    [S_LIST_CAMP_IMP] = "SELECT id, influencer_id, usuario_id, tipo_evento, timestamp"
-                        " FROM impresiones WHERE campana_id=? ORDER BY position DESC LIMIT ? OFFSET ?",
-    [S_LIST_CAMP_CONV] = "SELECT id, influencer_id, usuario_id, tipo_evento, timestamp,"
-                         " tipo_conversion, valor, moneda FROM conversiones WHERE campana_id=?"
-                         " ORDER BY position DESC LIMIT ? OFFSET ?",
-    [S_LIST_INFL_IMP] = "SELECT id, campana_id, usuario_id, tipo_evento, timestamp"
-                        " FROM impresiones WHERE influencer_id=? ORDER BY position DESC LIMIT ? OFFSET ?",
-    [S_LIST_INFL_CONV] = "SELECT id, campana_id, usuario_id, tipo_evento, timestamp,"
-                         " tipo_conversion, valor, moneda FROM conversiones WHERE influencer_id=?"
-                         " ORDER BY position DESC LIMIT ? OFFSET ?",
+    [S_ROW_IMP] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
+                  " user_agent, ip_address, referrer, timestamp, recorded_at"
+                  " FROM impresiones WHERE position=?",
+    [S_ROW_CONV] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
+                   " user_agent, ip_address, referrer, timestamp, recorded_at,"
+                   " tipo_conversion, valor, moneda FROM conversiones WHERE position=?",
+    [S_META_GET] = "SELECT v FROM meta WHERE k=?",
+    [S_UNINDEXED] = "SELECT position, 0, id, campana_id, influencer_id FROM impresiones"
+                    " WHERE position > ?1 UNION ALL"
+                    " SELECT position, 1, id, campana_id, influencer_id FROM conversiones"
+                    " WHERE position > ?1 ORDER BY 1",
     [S_STATS_GET] = "SELECT impresiones, conversiones, ultima FROM stats WHERE scope=? AND key=?",
     [S_VALOR_LIST] = "SELECT moneda, valor FROM stats_valor WHERE scope=? AND key=? ORDER BY moneda",
     [S_POSITION] = "SELECT coalesce(min(position), 0) FROM checkpoints",
 };
 
 static const char *tables_sql =
+    "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS checkpoints(projection TEXT PRIMARY KEY, position INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS impresiones("
     " position INTEGER PRIMARY KEY, id TEXT NOT NULL, campana_id TEXT NOT NULL,"
@@ -86,24 +88,29 @@ static const char *tables_sql =
     " PRIMARY KEY(scope, key, moneda)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);";
 
-/* Secondary indexes: created with the tables for live projection, and only
- * at the end of a bulk rebuild (one sort instead of millions of random
- * B-tree inserts). */
-static const char *indexes_sql =
-    "CREATE UNIQUE INDEX IF NOT EXISTS impresiones_id ON impresiones(id);"
-    "CREATE INDEX IF NOT EXISTS impresiones_campana ON impresiones(campana_id, position);"
-    "CREATE INDEX IF NOT EXISTS impresiones_influencer ON impresiones(influencer_id, position)"
-    " WHERE influencer_id IS NOT NULL;"
-    "CREATE UNIQUE INDEX IF NOT EXISTS conversiones_id ON conversiones(id);"
-    "CREATE INDEX IF NOT EXISTS conversiones_campana ON conversiones(campana_id, position);"
-    "CREATE INDEX IF NOT EXISTS conversiones_influencer ON conversiones(influencer_id, position)"
-    " WHERE influencer_id IS NOT NULL;";
+struct rm_index {
+    struct lsmidx *ids;         /* hash(kind, id) -> position */
+    struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
+};
+
+/* An index entry waiting for its batch to commit. */
+struct pending {
+    struct lsmidx *ix;
+    uint64_t h;
+    int64_t pos;
+};
 
 struct readmodel {
     sqlite3 *db;
     char *path;
     int mode;
     sqlite3_stmt *st[S__COUNT];
+    struct rm_index *ix;
+    bool owns_ix;
+    struct lsmidx_reader *ids_r, *lists_r;
+    struct pending *pend;
+    size_t npend, cappend;
+    int64_t batch_pos;          /* the checkpoint the open batch will commit */
 };
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
@@ -134,6 +141,15 @@ static sqlite3_stmt *stmt(struct readmodel *rm, enum stmt_id id, struct err *e)
     return rm->st[id];
 }
 
+static void index_close(struct rm_index *ix)
+{
+    if (ix != NULL) {
+        lsmidx_close(ix->ids);
+        lsmidx_close(ix->lists);
+        free(ix);
+    }
+}
+
 void readmodel_close(struct readmodel *rm)
 {
     if (rm == NULL) {
@@ -142,12 +158,241 @@ void readmodel_close(struct readmodel *rm)
     for (int i = 0; i < S__COUNT; i++) {
         sqlite3_finalize(rm->st[i]);
     }
+    lsmidx_reader_close(rm->ids_r);
+    lsmidx_reader_close(rm->lists_r);
+    if (rm->owns_ix) {
+        index_close(rm->ix);
+    }
     sqlite3_close(rm->db);
+    free(rm->pend);
     free(rm->path);
     free(rm);
 }
 
-int readmodel_open(const char *path, int mode, struct readmodel **out, struct err *e)
+struct rm_index *readmodel_index(struct readmodel *writer)
+{
+    return writer->ix;
+}
+
+void readmodel_index_quiesce(struct readmodel *writer)
+{
+    lsmidx_quiesce(writer->ix->ids);
+    lsmidx_quiesce(writer->ix->lists);
+}
+
+/* hash(kind, id) for the ids index. */
+static uint64_t id_hash(enum tracking_kind kind, const char *id)
+{
+    char buf[ID_MAX * 2 + 4];
+    size_t n = strlen(id);
+    if (n > sizeof(buf) - 2) {
+        n = sizeof(buf) - 2;
+    }
+    buf[0] = kind == KIND_IMPRESION ? 'i' : 'c';
+    buf[1] = ':';
+    memcpy(buf + 2, id, n);
+    return hash64(buf, n + 2);
+}
+
+/* hash(kind, scope, key) for the lists index. */
+static uint64_t list_hash(enum tracking_kind kind, enum rm_scope scope, const char *key)
+{
+    char buf[ID_MAX * 2 + 4];
+    size_t n = strlen(key);
+    if (n > sizeof(buf) - 3) {
+        n = sizeof(buf) - 3;
+    }
+    buf[0] = kind == KIND_IMPRESION ? 'i' : 'c';
+    buf[1] = scope == SCOPE_CAMPANA ? 'C' : 'I';
+    buf[2] = ':';
+    memcpy(buf + 3, key, n);
+    return hash64(buf, n + 3);
+}
+
+/* The generation ties index files to this read-model file. */
+static int generation(struct readmodel *rm, char *out, size_t max, struct err *e)
+{
+    sqlite3_stmt *st = stmt(rm, S_META_GET, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    sqlite3_bind_text(st, 1, "generation", -1, SQLITE_STATIC);
+    int rc = ERR_NOTFOUND;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(out, max, "%s", (const char *)sqlite3_column_text(st, 0));
+        rc = ERR_OK;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc == ERR_OK) {
+        return ERR_OK;
+    }
+    struct uuid u;
+    uuid_v4(&u);
+    uuid_format(&u, out);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "INSERT INTO meta(k, v) VALUES('generation', '%s')", out);
+    return exec(rm, sql, e);
+}
+
+/* Removes index files of other generations (left by a rebuild). */
+static void remove_stale(const char *dir, const char *gen)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "rm-", 3) == 0 && strstr(de->d_name, gen) == NULL &&
+            (strstr(de->d_name, ".ids") != NULL || strstr(de->d_name, ".lists") != NULL)) {
+            char p[4400];
+            snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+            if (unlink(p) == 0) {
+                log_info("removed index file of an older generation", "path=%s", p);
+            }
+        }
+    }
+    closedir(d);
+}
+
+static void pend(struct readmodel *rm, struct lsmidx *ix, uint64_t h, int64_t pos)
+{
+    if (rm->npend == rm->cappend) {
+        rm->cappend = rm->cappend ? rm->cappend * 2 : 1024;
+        rm->pend = xrealloc(rm->pend, rm->cappend * sizeof(*rm->pend));
+    }
+    rm->pend[rm->npend].ix = ix;
+    rm->pend[rm->npend].h = h;
+    rm->pend[rm->npend].pos = pos;
+    rm->npend++;
+}
+
+/* The index entries of one row (by id, campaign list, influencer list). */
+static void index_row(struct readmodel *rm, enum tracking_kind kind, const char *id,
+                      const char *camp, const char *infl, int64_t pos)
+{
+    pend(rm, rm->ix->ids, id_hash(kind, id), pos);
+    pend(rm, rm->ix->lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
+    if (infl != NULL && infl[0] != '\0') {
+        pend(rm, rm->ix->lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
+    }
+}
+
+static void apply_pending(struct readmodel *rm, int64_t upto)
+{
+    for (size_t i = 0; i < rm->npend; i++) {
+        lsmidx_add(rm->pend[i].ix, rm->pend[i].h, rm->pend[i].pos);
+    }
+    rm->npend = 0;
+    lsmidx_commit(rm->ix->ids, upto);
+    lsmidx_commit(rm->ix->lists, upto);
+}
+
+/*
+ * Writer: opens the index files of this file's generation and re-adds the
+ * rows after the lower of their flushed marks (a file found ahead of the
+ * read models, say from another copy, is reset and rebuilt).
+ */
+static int open_index(struct readmodel *rm, struct err *e)
+{
+    char gen[64], dir[4096], p[4400];
+    int rc = generation(rm, gen, sizeof(gen), e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    snprintf(dir, sizeof(dir), "%s", rm->path);
+    char *d = dirname(dir);
+    const char *mt = getenv("RASTRO_INDEX_MEMTABLE");
+    size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10) : 0;
+    rm->ix = xcalloc(1, sizeof(*rm->ix));
+    rm->owns_ix = true;
+    snprintf(p, sizeof(p), "%s/rm-%s.ids", d, gen);
+    rc = lsmidx_open(p, memtable, &rm->ix->ids, e);
+    if (rc == ERR_OK) {
+        snprintf(p, sizeof(p), "%s/rm-%s.lists", d, gen);
+        rc = lsmidx_open(p, memtable, &rm->ix->lists, e);
+    }
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    if (rm->mode == RM_WRITER) {
+        remove_stale(d, gen);   /* not while rebuilding: those still serve the old file */
+    }
+    int64_t ckpt = 0;
+    sqlite3_stmt *st = stmt(rm, S_POSITION, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        ckpt = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    struct lsmidx *both[2] = { rm->ix->ids, rm->ix->lists };
+    int64_t from = INT64_MAX;
+    for (int i = 0; i < 2; i++) {
+        int64_t f = lsmidx_flushed(both[i]);
+        if (f > ckpt) {
+            log_warn("read-model index ahead of the read models; rebuilding it", "ckpt=%lld",
+                     (long long)ckpt);
+            rc = lsmidx_reset(both[i], e);
+            if (rc != ERR_OK) {
+                return rc;
+            }
+            f = 0;
+        }
+        if (f < from) {
+            from = f;
+        }
+    }
+    int64_t flushed[2] = { lsmidx_flushed(both[0]), lsmidx_flushed(both[1]) };
+    st = stmt(rm, S_UNINDEXED, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    sqlite3_bind_int64(st, 1, from);
+    int r;
+    int64_t n = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t pos = sqlite3_column_int64(st, 0);
+        enum tracking_kind kind = sqlite3_column_int(st, 1) ? KIND_CONVERSION : KIND_IMPRESION;
+        const char *id = (const char *)sqlite3_column_text(st, 2);
+        const char *camp = (const char *)sqlite3_column_text(st, 3);
+        const char *infl = (const char *)sqlite3_column_text(st, 4);
+        if (pos > flushed[0]) {
+            lsmidx_add(rm->ix->ids, id_hash(kind, id), pos);
+        }
+        if (pos > flushed[1]) {
+            lsmidx_add(rm->ix->lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
+            if (infl != NULL) {
+                lsmidx_add(rm->ix->lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
+            }
+        }
+        if (++n % 65536 == 0) {
+            lsmidx_commit(rm->ix->ids, pos);
+            lsmidx_commit(rm->ix->lists, pos);
+        }
+    }
+    sqlite3_reset(st);
+    if (r != SQLITE_DONE) {
+        return db_err(rm, e, "re-indexing read models");
+    }
+    lsmidx_commit(rm->ix->ids, ckpt);
+    lsmidx_commit(rm->ix->lists, ckpt);
+    return ERR_OK;
+}
+
+static int open_readers(struct readmodel *rm, struct err *e)
+{
+    int rc = lsmidx_reader_open(rm->ix->ids, &rm->ids_r, e);
+    if (rc == ERR_OK) {
+        rc = lsmidx_reader_open(rm->ix->lists, &rm->lists_r, e);
+    }
+    return rc;
+}
+
+int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
+                   struct err *e)
 {
     struct readmodel *rm = xcalloc(1, sizeof(*rm));
     rm->path = xstrdup(path);
@@ -167,9 +412,9 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
          * no journal, no fsync until the end. Live: WAL, fsync at
          * checkpoints; the checkpoint row makes any crash safe. */
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-                                        " PRAGMA cache_size=-131072"
+                                        " PRAGMA cache_size=-65536"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                        " PRAGMA cache_size=-65536; PRAGMA wal_autocheckpoint=8192",
+                                        " PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=8192",
                   e);
         if (rc != ERR_OK) {
             goto fail;
@@ -183,25 +428,30 @@ int readmodel_open(const char *path, int mode, struct readmodel **out, struct er
             if (rc == ERR_OK) {
                 rc = exec(rm, tables_sql, e);
             }
-            if (rc == ERR_OK && mode == RM_WRITER) {
-                rc = exec(rm, indexes_sql, e);
-            }
             if (rc == ERR_OK) {
-                rc = exec(rm, "PRAGMA user_version=1; COMMIT", e);
+                rc = exec(rm, "PRAGMA user_version=2; COMMIT", e);
             }
         } else if (ver != SCHEMA_VERSION) {
             rc = err_set(e, ERR_STATE,
                          "read models %s have schema version %d; this build knows %d"
                          " (run `rastro rebuild`)", path, ver, SCHEMA_VERSION);
         }
+        if (rc == ERR_OK) {
+            rc = open_index(rm, e);
+        }
         if (rc != ERR_OK) {
             goto fail;
         }
     } else {
-        rc = exec(rm, "PRAGMA query_only=1; PRAGMA cache_size=-16384", e);
+        rm->ix = ix;
+        rc = exec(rm, "PRAGMA query_only=1; PRAGMA cache_size=-8192", e);
         if (rc != ERR_OK) {
             goto fail;
         }
+    }
+    rc = open_readers(rm, e);
+    if (rc != ERR_OK) {
+        goto fail;
     }
     *out = rm;
     return ERR_OK;
@@ -212,25 +462,28 @@ fail:
 
 int rm_bulk_finish(struct readmodel *rm, struct err *e)
 {
-    int rc = exec(rm, indexes_sql, e);
-    if (rc == ERR_OK) {
-        rc = exec(rm, "PRAGMA journal_mode=DELETE", e);
-    }
-    return rc;
+    readmodel_index_quiesce(rm);
+    return exec(rm, "PRAGMA journal_mode=DELETE", e);
 }
 
 int rm_begin(struct readmodel *rm, struct err *e)
 {
+    rm->npend = 0;
     return exec(rm, "BEGIN IMMEDIATE", e);
 }
 
 int rm_commit(struct readmodel *rm, struct err *e)
 {
-    return exec(rm, "COMMIT", e);
+    int rc = exec(rm, "COMMIT", e);
+    if (rc == ERR_OK) {
+        apply_pending(rm, rm->batch_pos);   /* only committed rows get indexed */
+    }
+    return rc;
 }
 
 void rm_rollback(struct readmodel *rm)
 {
+    rm->npend = 0;
     sqlite3_exec(rm->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
@@ -272,6 +525,9 @@ int rm_set_checkpoint(struct readmodel *rm, const char *projection, int64_t pos,
     }
     sqlite3_bind_text(st, 1, projection, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, pos);
+    if (pos > rm->batch_pos) {
+        rm->batch_pos = pos;
+    }
     return step_done(rm, st, e, "writing checkpoint");
 }
 
@@ -308,7 +564,11 @@ int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t p
         sqlite3_bind_int64(st, 13, t->valor);
         sqlite3_bind_text(st, 14, t->moneda, -1, SQLITE_STATIC);
     }
-    return step_done(rm, st, e, conv ? "inserting conversion" : "inserting impression");
+    int rc = step_done(rm, st, e, conv ? "inserting conversion" : "inserting impression");
+    if (rc == ERR_OK) {
+        index_row(rm, t->kind, t->id, t->campana_id, t->influencer_id, position);
+    }
+    return rc;
 }
 
 int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int64_t d_imp,
@@ -466,18 +726,48 @@ static void col_money(struct jsonw *w, const char *k, sqlite3_stmt *st, int i)
     jsonw_raw(w, txt);
 }
 
+/* Steps the by-position statement for pos; true if a row is there. */
+static bool row_at(sqlite3_stmt *st, int64_t pos, int *step_rc)
+{
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, pos);
+    *step_rc = sqlite3_step(st);
+    return *step_rc == SQLITE_ROW;
+}
+
+static bool col_equals(sqlite3_stmt *st, int i, const char *want)
+{
+    const char *v = (const char *)sqlite3_column_text(st, i);
+    return v != NULL && strcmp(v, want) == 0;
+}
+
 int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id,
                    struct buf *out, struct err *e)
 {
     bool conv = kind == KIND_CONVERSION;
-    sqlite3_stmt *st = stmt(rm, conv ? S_BYID_CONV : S_BYID_IMP, e);
+    sqlite3_stmt *st = stmt(rm, conv ? S_ROW_CONV : S_ROW_IMP, e);
     if (st == NULL) {
         return ERR_IO;
     }
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    int r = sqlite3_step(st);
-    int rc = ERR_OK;
-    if (r == SQLITE_ROW) {
+    int64_t cand[8];
+    size_t n = 0;
+    int rc = lsmidx_find(rm->ix->ids, rm->ids_r, id_hash(kind, id), cand, ARRAY_LEN(cand), &n, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    rc = err_set(e, ERR_NOTFOUND, "%s '%s' not found", conv ? "conversion" : "impression", id);
+    for (size_t i = 0; i < n && i < ARRAY_LEN(cand); i++) {
+        int step_rc;
+        if (!row_at(st, cand[i], &step_rc)) {
+            if (step_rc != SQLITE_DONE) {
+                rc = db_err(rm, e, "reading by id");
+                break;
+            }
+            continue;
+        }
+        if (!col_equals(st, 1, id)) {
+            continue;           /* another id with the same hash */
+        }
         struct jsonw w;
         jsonw_init(&w, out);
         jsonw_obj_open(&w);
@@ -499,13 +789,9 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
         jsonw_kint(&w, "position", sqlite3_column_int64(st, 0));
         jsonw_obj_close(&w);
         rc = jsonw_status(&w);
-    } else if (r == SQLITE_DONE) {
-        rc = err_set(e, ERR_NOTFOUND, "%s '%s' not found", conv ? "conversion" : "impression", id);
-    } else {
-        rc = db_err(rm, e, "reading by id");
+        break;
     }
     sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
     return rc;
 }
 
@@ -539,16 +825,24 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
                   struct err *e)
 {
     bool conv = kind == KIND_CONVERSION;
-    enum stmt_id sid = scope == SCOPE_CAMPANA ? (conv ? S_LIST_CAMP_CONV : S_LIST_CAMP_IMP)
-                                              : (conv ? S_LIST_INFL_CONV : S_LIST_INFL_IMP);
     int64_t imp, nconv, last;
     int rc = stats_counts(rm, scope, key, &imp, &nconv, &last, e);
     if (rc != ERR_OK) {
         return rc;
     }
-    sqlite3_stmt *st = stmt(rm, sid, e);
+    sqlite3_stmt *st = stmt(rm, conv ? S_ROW_CONV : S_ROW_IMP, e);
     if (st == NULL) {
         return ERR_IO;
+    }
+    int64_t pos[1000];
+    size_t n = 0;
+    if (limit > (int64_t)ARRAY_LEN(pos)) {
+        limit = ARRAY_LEN(pos);
+    }
+    rc = lsmidx_range_desc(rm->ix->lists, rm->lists_r, list_hash(kind, scope, key), offset,
+                           (size_t)limit, pos, &n, e);
+    if (rc != ERR_OK) {
+        return rc;
     }
     struct jsonw w;
     jsonw_init(&w, out);
@@ -559,29 +853,34 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
     jsonw_kint(&w, "offset", offset);
     jsonw_key(&w, conv ? "conversiones" : "impresiones");
     jsonw_arr_open(&w);
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, limit);
-    sqlite3_bind_int64(st, 3, offset);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        jsonw_obj_open(&w);
-        col_str(&w, "id", st, 0);
-        col_str(&w, scope == SCOPE_CAMPANA ? "influencer_id" : K_CAMPANA, st, 1);
-        col_str(&w, "usuario_id", st, 2);
-        col_str(&w, "tipo_evento", st, 3);
-        if (conv) {
-            col_str(&w, "tipo_conversion", st, 5);
-            col_money(&w, "valor", st, 6);
-            col_str(&w, "moneda", st, 7);
+    /* key column: campana_id (2) for campaign lists, influencer_id (3) */
+    int kcol = scope == SCOPE_CAMPANA ? 2 : 3;
+    int other = scope == SCOPE_CAMPANA ? 3 : 2;
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        int step_rc;
+        if (!row_at(st, pos[i], &step_rc)) {
+            if (step_rc != SQLITE_DONE) {
+                rc = db_err(rm, e, "listing");
+            }
+            continue;
         }
-        col_ts(&w, "timestamp", st, 4);
+        if (!col_equals(st, kcol, key)) {
+            continue;           /* another key with the same 64-bit hash */
+        }
+        jsonw_obj_open(&w);
+        col_str(&w, "id", st, 1);
+        col_str(&w, scope == SCOPE_CAMPANA ? "influencer_id" : K_CAMPANA, st, other);
+        col_str(&w, "usuario_id", st, 4);
+        col_str(&w, "tipo_evento", st, 5);
+        if (conv) {
+            col_str(&w, "tipo_conversion", st, 11);
+            col_money(&w, "valor", st, 12);
+            col_str(&w, "moneda", st, 13);
+        }
+        col_ts(&w, "timestamp", st, 9);
         jsonw_obj_close(&w);
     }
-    if (r != SQLITE_DONE) {
-        rc = db_err(rm, e, "listing");
-    }
     sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
     jsonw_arr_close(&w);
     jsonw_obj_close(&w);
     return rc != ERR_OK ? rc : jsonw_status(&w);

@@ -3,13 +3,22 @@
  * (data/readmodels.db), apart from the event store, written only by the
  * projector and read by the query API.
  *
- *   impresiones, conversiones   one row per event, keyed by position, with
- *                               indexes for by-id and per campaign /
- *                               influencer listing (newest first)
+ *   impresiones, conversiones   one row per event, keyed by position
+ *                               (appends only touch the right edge)
  *   stats, stats_valor          per campaign and per influencer counters and
  *                               exact per-currency money totals
  *   checkpoints                 last applied position, per projection
  *   skipped                     events a projection did not know, by type
+ *
+ * Finding rows by id, and a campaign's or an influencer's rows newest
+ * first, goes through two lsmidx files beside it (rm-<generation>.ids and
+ * .lists): random-key B-tree indexes would dirty a page per event and fall
+ * behind ingest long before 10 million events. Index entries are added
+ * after the batch that holds their rows commits; the projector publishes
+ * its position after that, so a reader waiting for a position sees both.
+ * The generation (a UUID in the file's meta table) ties the index files to
+ * this read-model file, so `rastro rebuild` swaps all of them at once by
+ * renaming the one file.
  *
  * A connection is either the writer (one, the projector's) or a reader
  * (any number; the HTTP threads take them from a pool). WAL mode lets
@@ -30,14 +39,22 @@
 
 enum rm_scope { SCOPE_CAMPANA = 0, SCOPE_INFLUENCER = 1 };
 
-/* RM_BULK: a fresh file for `rastro rebuild`: no journal, no fsync, no
- * secondary indexes until rm_bulk_finish() builds them in one sort each. */
+/* RM_BULK: a fresh file for `rastro rebuild`: no journal and no fsync
+ * until rm_bulk_finish(). */
 enum { RM_WRITER = 1, RM_READER = 2, RM_BULK = 3 };
 
 struct readmodel;
+struct rm_index;        /* the lsmidx pair, shared by the writer and readers */
 
-int readmodel_open(const char *path, int mode, struct readmodel **out, struct err *e) WARN_UNUSED;
+/* Writer and bulk: ix is NULL and the connection opens (and owns) the
+ * index files, re-adding the rows they have not flushed. Readers: ix is
+ * the writer's, from readmodel_index(); it must outlive them. */
+int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
+                   struct err *e) WARN_UNUSED;
 void readmodel_close(struct readmodel *rm);     /* NULL is a no-op */
+struct rm_index *readmodel_index(struct readmodel *writer);
+/* Waits until the index files hold everything added (rebuild, tests). */
+void readmodel_index_quiesce(struct readmodel *writer);
 
 /* ---- writer (projector) ---- */
 int rm_bulk_finish(struct readmodel *rm, struct err *e) WARN_UNUSED;

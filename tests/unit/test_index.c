@@ -61,6 +61,69 @@ static void *reader(void *p)
     return NULL;
 }
 
+/* Lists: one key holding many positions, read newest first in pages that
+ * cross the memtables and several runs. */
+static void test_ranges(const char *dir)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/r.idx", dir);
+    struct err e;
+    struct lsmidx *ix = NULL;
+    CHECK(lsmidx_open(path, 50, &ix, &e) == ERR_OK);
+    if (ix == NULL) {
+        return;
+    }
+    enum { M = 3000 };
+    const uint64_t hot = 777;
+    int64_t want[M];
+    size_t nwant = 0;
+    for (int64_t i = 1; i <= M; i++) {
+        lsmidx_add(ix, i % 3 == 0 ? hot : key(i), i);
+        if (i % 3 == 0) {
+            want[nwant++] = i;
+        }
+        if (i % 10 == 0) {
+            lsmidx_commit(ix, i);
+        }
+        if (i % 400 == 0) {
+            lsmidx_quiesce(ix);
+        }
+    }
+    lsmidx_commit(ix, M);
+    struct lsmidx_reader *r = NULL;
+    CHECK(lsmidx_reader_open(ix, &r, &e) == ERR_OK);
+    struct lsmidx_stats st;
+    lsmidx_get_stats(ix, &st);
+    CHECKF(st.runs >= 2 && st.memtable > 0, "runs %zu memtable %zu", st.runs, st.memtable);
+    /* all pages of 97, concatenated, are the whole list newest first */
+    int64_t got[M];
+    size_t ngot = 0;
+    bool pages_ok = true;
+    for (int64_t off = 0; off < (int64_t)nwant + 97; off += 97) {
+        int64_t page[97];
+        size_t n = 0;
+        pages_ok = pages_ok && lsmidx_range_desc(ix, r, hot, off, 97, page, &n, &e) == ERR_OK;
+        for (size_t k = 0; k < n && ngot < M; k++) {
+            got[ngot++] = page[k];
+        }
+    }
+    CHECK(pages_ok);
+    CHECKF(ngot == nwant, "%zu of %zu", ngot, nwant);
+    bool order = ngot == nwant;
+    for (size_t k = 0; k < ngot && order; k++) {
+        order = got[k] == want[nwant - 1 - k];
+    }
+    CHECK(order);
+    int64_t page[10];
+    size_t n = 99;
+    CHECK(lsmidx_range_desc(ix, r, hot, (int64_t)nwant, 10, page, &n, &e) == ERR_OK && n == 0);
+    CHECK(lsmidx_range_desc(ix, r, hot, (int64_t)nwant - 3, 10, page, &n, &e) == ERR_OK &&
+          n == 3 && page[2] == want[0]);
+    CHECK(lsmidx_range_desc(ix, r, 4242, 0, 10, page, &n, &e) == ERR_OK && n == 0);
+    lsmidx_reader_close(r);
+    lsmidx_close(ix);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/rastro-index-XXXXXX";
@@ -154,6 +217,7 @@ int main(void)
         lsmidx_reader_close(r);
         lsmidx_close(ix);
     }
+    test_ranges(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) {

@@ -4,6 +4,7 @@
  * or one event at a time must give the same read models).
  */
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -115,8 +116,13 @@ struct fixture {
 static void fx_open(struct fixture *f, const char *dir, const char *name)
 {
     struct err e;
+    /* one folder each: a data folder holds one set of read models */
     snprintf(f->path, sizeof(f->path), "%s/%s", dir, name);
-    CHECK(readmodel_open(f->path, RM_WRITER, &f->rm, &e) == ERR_OK);
+    if (mkdir(f->path, 0755) != 0) {
+        CHECK(!"mkdir");
+    }
+    snprintf(f->path, sizeof(f->path), "%s/%s/readmodels.db", dir, name);
+    CHECK(readmodel_open(f->path, RM_WRITER, NULL, &f->rm, &e) == ERR_OK);
     f->acc = stats_acc_new();
 }
 
