@@ -25,7 +25,7 @@
 #include "core/xmalloc.h"
 #include "index/idindex.h"
 
-#define DEFAULT_MEMTABLE (512u * 1024)
+#define DEFAULT_MEMTABLE (256u * 1024)
 #define FANOUT 4
 #define BLOOM_BITS_PER_KEY 10
 #define BLOOM_K 7
@@ -59,6 +59,7 @@ struct lsmidx {
     int64_t next_run;
     bool stop, busy, warned;
     bool clean;                     /* every add so far is committed by the owner */
+    bool no_bloom;                  /* range-only index: filters would never be asked */
     int64_t flushes, merges;
 };
 
@@ -77,6 +78,15 @@ static uint64_t fix(uint64_t h)
 }
 
 /* ---- bloom filter ---------------------------------------------------- */
+
+/* A filter that answers "maybe" to everything, in 8 bytes. */
+static void bloom_init_all(struct bloom *b)
+{
+    b->nbits = 64;
+    b->k = 1;
+    b->w = xmalloc(sizeof(uint64_t));
+    b->w[0] = ~0ULL;
+}
 
 static void bloom_init(struct bloom *b, int64_t keys)
 {
@@ -222,7 +232,11 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     idindex_each(frozen, dump_cb, &d);
     qsort(d.p, d.n, sizeof(struct pair), cmp_pair);
     struct run r = { .id = ix->next_run, .level = 0, .count = (int64_t)d.n, .max_pos = max_pos };
-    bloom_init(&r.bl, r.count);
+    if (ix->no_bloom) {
+        bloom_init_all(&r.bl);
+    } else {
+        bloom_init(&r.bl, r.count);
+    }
     sqlite3_stmt *ins = NULL;
     int rc = exec(ix->wdb, "BEGIN IMMEDIATE", ix->path, e);
     if (rc == ERR_OK &&
@@ -231,7 +245,9 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
         rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
     }
     for (size_t i = 0; i < d.n && rc == ERR_OK; i++) {
-        bloom_add(&r.bl, d.p[i].h);
+        if (!ix->no_bloom) {
+            bloom_add(&r.bl, d.p[i].h);
+        }
         sqlite3_bind_int64(ins, 1, r.id);
         sqlite3_bind_int64(ins, 2, (int64_t)d.p[i].h);
         sqlite3_bind_int64(ins, 3, d.p[i].pos);
@@ -316,9 +332,15 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
         }
         sqlite3_finalize(st);
         st = NULL;
-        bloom_init(&r.bl, r.count);
-        if (sqlite3_prepare_v2(ix->wdb, "SELECT h FROM lsm_keys WHERE run=?", -1, &st, NULL) !=
-            SQLITE_OK) {
+        if (ix->no_bloom) {
+            bloom_init_all(&r.bl);
+        } else {
+            bloom_init(&r.bl, r.count);
+        }
+        if (ix->no_bloom) {
+            /* nothing to fill */
+        } else if (sqlite3_prepare_v2(ix->wdb, "SELECT h FROM lsm_keys WHERE run=?", -1, &st,
+                                      NULL) != SQLITE_OK) {
             rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
         } else {
             sqlite3_bind_int64(st, 1, r.id);
@@ -474,9 +496,11 @@ static int load(struct lsmidx *ix, struct err *e)
     return rc;
 }
 
-int lsmidx_open(const char *path, size_t memtable_max, struct lsmidx **out, struct err *e)
+int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx **out,
+                struct err *e)
 {
     struct lsmidx *ix = xcalloc(1, sizeof(*ix));
+    ix->no_bloom = (flags & LSMIDX_NO_BLOOM) != 0;
     ix->path = xstrdup(path);
     ix->memtable_max = memtable_max ? memtable_max : DEFAULT_MEMTABLE;
     pthread_mutex_init(&ix->mu, NULL);
@@ -485,7 +509,7 @@ int lsmidx_open(const char *path, size_t memtable_max, struct lsmidx **out, stru
     int rc = open_db(path, true, &ix->wdb, e);
     if (rc == ERR_OK) {
         rc = exec(ix->wdb, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                           " PRAGMA cache_size=-16384", path, e);
+                           " PRAGMA cache_size=-4096", path, e);
     }
     if (rc == ERR_OK) {
         rc = exec(ix->wdb, schema, path, e);
@@ -630,7 +654,8 @@ int lsmidx_reader_open(struct lsmidx *ix, struct lsmidx_reader **out, struct err
         rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
     }
     if (rc == ERR_OK) {
-        rc = exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-8192", ix->path, e);
+        /* the runs' upper pages; the kernel's page cache holds the rest */
+        rc = exec(r->db, "PRAGMA query_only=1; PRAGMA cache_size=-2048", ix->path, e);
     }
     /* runs outer, keys inner: one seek per run the bloom filter lets through.
      * pos <= ?2 (the flushed mark when the memtables were read) leaves out

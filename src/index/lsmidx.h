@@ -44,8 +44,12 @@ struct lsmidx_stats {
     int64_t flushes, merges;
 };
 
-/* memtable_max: entries per flush (0 = default 524288). */
-int lsmidx_open(const char *path, size_t memtable_max, struct lsmidx **out,
+enum {
+    LSMIDX_NO_BLOOM = 1 << 0,   /* only range reads: keep no bloom filters */
+};
+
+/* memtable_max: entries per flush (0 = default 262144). */
+int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx **out,
                 struct err *e) WARN_UNUSED;
 /* Flushes nothing (the log has it all), stops the thread, frees. NULL ok. */
 void lsmidx_close(struct lsmidx *ix);

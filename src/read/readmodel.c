@@ -308,10 +308,10 @@ static int open_index(struct readmodel *rm, struct err *e)
     rm->ix = xcalloc(1, sizeof(*rm->ix));
     rm->owns_ix = true;
     snprintf(p, sizeof(p), "%s/rm-%s.ids", d, gen);
-    rc = lsmidx_open(p, memtable, &rm->ix->ids, e);
+    rc = lsmidx_open(p, memtable, 0, &rm->ix->ids, e);
     if (rc == ERR_OK) {
         snprintf(p, sizeof(p), "%s/rm-%s.lists", d, gen);
-        rc = lsmidx_open(p, memtable, &rm->ix->lists, e);
+        rc = lsmidx_open(p, memtable, LSMIDX_NO_BLOOM, &rm->ix->lists, e);
     }
     if (rc != ERR_OK) {
         return rc;
@@ -414,7 +414,7 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         " PRAGMA cache_size=-65536"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                        " PRAGMA cache_size=-32768; PRAGMA wal_autocheckpoint=8192",
+                                        " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192",
                   e);
         if (rc != ERR_OK) {
             goto fail;
@@ -444,7 +444,7 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
         }
     } else {
         rm->ix = ix;
-        rc = exec(rm, "PRAGMA query_only=1; PRAGMA cache_size=-8192", e);
+        rc = exec(rm, "PRAGMA query_only=1; PRAGMA cache_size=-4096", e);
         if (rc != ERR_OK) {
             goto fail;
         }

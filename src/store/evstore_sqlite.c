@@ -354,7 +354,7 @@ static int load_index(struct sqlite_store *s, struct err *e)
     snprintf(ipath, sizeof(ipath), "%s.idx", s->path);
     const char *mt = getenv("RASTRO_INDEX_MEMTABLE");
     size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10) : 0;
-    rc = lsmidx_open(ipath, memtable, &s->streams, e);
+    rc = lsmidx_open(ipath, memtable, 0, &s->streams, e);
     if (rc == ERR_OK) {
         rc = lsmidx_reader_open(s->streams, &s->sr, e);
     }

@@ -1,6 +1,10 @@
 -- wrk script: POST /tracking/impresiones with a realistic body, a random
 -- UUIDv4 client id, one of 10,000 campaigns and one of 100,000 influencers.
+-- RASTRO_KIND=conversiones for conversions; RASTRO_DELAY_MS paces each
+-- connection (wrk has no rate limit of its own).
 local kind = os.getenv("RASTRO_KIND") or "impresiones"
+local pace = tonumber(os.getenv("RASTRO_DELAY_MS") or "0")
+dofile(os.getenv("RASTRO_BENCH_DIR") .. "/report.lua")
 local hex = "0123456789abcdef"
 local function uuid4()
   local t = {}
@@ -17,15 +21,20 @@ end
 local monedas = { "COP", "USD", "EUR", "MXN" }
 local tipos = { "VENTA", "REGISTRO", "SUSCRIPCION", "DESCARGAR", "CLICK" }
 
+-- a different sequence every run and every thread (wrk's Lua states all
+-- start from the same seed; repeating ids would measure the idempotent
+-- replay path instead of appends)
+local threads = 0
 function setup(thread)
-  thread:set("seed", math.random(1, 1e9))
+  threads = threads + 1
+  thread:set("seed", os.time() * 1000 + threads + math.floor((os.clock() * 1e6) % 1000))
 end
 
 function init(args)
   math.randomseed(seed or os.time())
 end
 
-request = function()
+function make_post()
   local body
   local camp = math.random(1, 10000)
   local infl = math.random(1, 100000)
@@ -47,15 +56,9 @@ request = function()
   return wrk.format("POST", "/tracking/" .. kind, { ["Content-Type"] = "application/json" }, body)
 end
 
-local errors = 0
-response = function(status, headers, body)
-  if status ~= 202 then errors = errors + 1 end
-end
 
-done = function(summary, latency, requests)
-  local l = latency
-  io.write(string.format("RESULT rps=%.0f p50_ms=%.2f p99_ms=%.2f p999_ms=%.2f non2xx=%d\n",
-    summary.requests / (summary.duration / 1e6), l:percentile(50) / 1000,
-    l:percentile(99) / 1000, l:percentile(99.9) / 1000,
-    summary.errors.status))
+request = make_post
+
+if pace > 0 then
+  delay = function() return pace end
 end

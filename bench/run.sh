@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# make bench: every row in one invocation, so ratios compare like with like
+# on a noisy shared machine. Talks only to 127.0.0.1 on free ports, starts
+# what it needs, stops only what it started (by PID), cleans up its folder.
+#
+#   BENCH_SECONDS   seconds per wrk row (default 10)
+#   BENCH_CONNS     connections (default 64)
+#   BENCH_SCALE     events for the scale rows: "1000000 10000000" (default)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+BIN=${BIN:-$root/build/rastro}
+GEN=${GEN:-$root/build/rastro-gen}
+SECS=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNS:-64}
+SCALE=${BENCH_SCALE:-"1000000 10000000"}
+export RASTRO_BENCH_DIR=$here
+work=$(mktemp -d /tmp/rastro-bench-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+wrk_row() { # url script [env...]
+    local url=$1 script=$2; shift 2
+    env "$@" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$here/$script" "$url" | grep '^RESULT'
+}
+start_rastro() { # dir port -> pid in $rpid
+    "$BIN" serve --listen "127.0.0.1:$2" --data "$1" >"$1.log" 2>&1 &
+    rpid=$!
+    pids+=("$rpid")
+    for _ in $(seq 1 600); do
+        curl -sf "127.0.0.1:$2/tracking/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "rastro did not start; log:" >&2; cat "$1.log" >&2; exit 1
+}
+stop_pid() { kill "$1"; wait "$1" 2>/dev/null || true; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+rows=()
+row() { rows+=("$(printf '| %s | %s | %s | %s | %s |' "$@")"); }
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t1 -c$CONNS -d${SECS}s" >&2
+
+# 1. nginx: this machine's HTTP ceiling
+nport=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$nport; location / { return 204; } } }
+NGX
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+npid=$!
+pids+=("$npid")
+sleep 0.5
+r=$(wrk_row "http://127.0.0.1:$nport" get.lua RASTRO_GET=root)
+ceiling=$(field rps "$r")
+row "1. nginx \`return 204\`" "$ceiling" "1.00" "$(field p99_ms "$r")" ""
+stop_pid "$npid"
+
+# 2-6 against one fresh server
+port=$(free_port)
+data=$work/live
+start_rastro "$data" "$port"
+url=http://127.0.0.1:$port
+r=$(wrk_row "$url" post.lua)
+post_rps=$(field rps "$r")
+row "2. POST impresiones (durable)" "$post_rps" "$(ratio "$post_rps" "$ceiling")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
+r=$(wrk_row "$url" post.lua RASTRO_KIND=conversiones)
+row "3. POST conversiones (durable)" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
+"$BIN" events --data "$data" --type ImpresionRegistrada --limit 50000 |
+    python3 -c 'import sys, json; [print(json.loads(l)["data"]["id"]) for l in sys.stdin]' >"$work/ids"
+r=$(wrk_row "$url" get.lua RASTRO_GET=stats)
+row "4a. GET campañas/{id}/estadisticas" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" ""
+r=$(wrk_row "$url" get.lua RASTRO_GET=byid RASTRO_IDS="$work/ids")
+row "4b. GET impresiones/{id}" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" "non-2xx $(field non2xx "$r")"
+r=$(wrk_row "$url" mix.lua)
+row "5. 90% GET / 10% POST" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" ""
+# 6. lag at half the row-2 rate: each connection waits between requests
+delay=$(python3 -c "print(max(1, int($CONNS * 1000 / ($post_rps / 2))))")
+RASTRO_DELAY_MS=$delay wrk -t1 -c"$CONNS" -d"$((SECS + 2))s" -s "$here/post.lua" "$url" >"$work/half.out" 2>&1 &
+wpid=$!
+pids+=("$wpid")
+sleep 1
+r=$(python3 "$here/lag.py" "$port" "$SECS" | grep '^RESULT')
+wait "$wpid" || true
+half=$(field rps "$(grep '^RESULT' "$work/half.out")")
+row "6. projection lag at ~half load ($half POST/s)" "" "" "" "lag p50 $(field lag_ms_p50 "$r") ms, p99 $(field lag_ms_p99 "$r") ms; p99 $(field lag_events_p99 "$r") events behind"
+stop_pid "$rpid"
+
+# 7-8: scale, on events generated straight into the store
+small=$work/s100k
+"$GEN" "$small" 100000 >/dev/null
+start_rastro "$small" "$port"
+r=$(wrk_row "$url" post.lua)
+base_rps=$(field rps "$r")
+stop_pid "$rpid"
+for n in $SCALE; do
+    d=$work/s$n
+    g=$("$GEN" "$d" "$n")
+    rb=$("$BIN" rebuild --data "$d")
+    eps=$(sed -n 's/.*: \([0-9]*\) events\/s/\1/p' <<<"$rb")
+    row "7. rastro rebuild, $n events" "" "" "" "$eps events/s (generator: $g)"
+    start_rastro "$d" "$port"
+    r=$(wrk_row "$url" post.lua)
+    rss=$(rss_mb "$rpid")
+    stop_pid "$rpid"
+    ev=$(du -cb "$d"/events.db* | tail -1 | cut -f1)
+    rm_=$(du -cb "$d"/readmodels.db* "$d"/rm-* | tail -1 | cut -f1)
+    row "8. at $n stored events" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" "POST rate $(ratio "$(field rps "$r")" "$base_rps")x the rate at 100k; RSS $rss MiB; disk/event: store $((ev / n)) B, read models $((rm_ / n)) B"
+    rm -rf "$d"
+done
+
+echo
+echo "| row | requests/s | ratio to row 1 | p99 ms | notes |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
