@@ -15,8 +15,11 @@ WERROR     := $(if $(filter true 1,$(CI)),ON,OFF)
 # Debian packages the build, the tests and `make run` need.
 PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjson-dev \
         python3 sqlite3
+# ... and the benchmark: the load generator, nginx as the HTTP ceiling, curl,
+# and the two other JSON libraries the JSON row compares cJSON with.
+BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev
 
-.PHONY: all run test deps clean bench
+.PHONY: all run test deps clean bench bench-json
 
 all:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRASTRO_WERROR=$(WERROR) >/dev/null
@@ -32,6 +35,20 @@ test: deps
 	cmake -S . -B $(TEST_BUILD) -DCMAKE_BUILD_TYPE=Debug -DRASTRO_SANITIZE=ON -DRASTRO_WERROR=$(WERROR) >/dev/null
 	cmake --build $(TEST_BUILD) -j $(JOBS)
 	cd $(TEST_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+# Prints the benchmark table (BENCHMARKS.md explains each row). Not part of
+# `make test`: nothing asserts a speed. BENCH_SECONDS, BENCH_CONNS and
+# BENCH_SCALE tune it (see bench/run.sh).
+bench:
+	@sh tools/install-deps.sh $(BENCH_PKGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRASTRO_WERROR=$(WERROR) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS) --target rastro rastro-gen
+	bash bench/run.sh
+
+# cJSON vs json-c vs jansson on a command body (the choice of JSON library).
+bench-json:
+	@sh tools/install-deps.sh $(BENCH_PKGS)
+	$(MAKE) -C bench/json run
 
 clean:
 	rm -rf $(BUILD) $(TEST_BUILD)

@@ -72,6 +72,8 @@ port=$(free_port)
 data=$work/live
 start_rastro "$data" "$port"
 url=http://127.0.0.1:$port
+r=$(wrk_row "$url" get.lua RASTRO_GET=health)
+row "1b. rastro GET /tracking/health (libmicrohttpd ceiling)" "$(field rps "$r")" "$(ratio "$(field rps "$r")" "$ceiling")" "$(field p99_ms "$r")" ""
 r=$(wrk_row "$url" post.lua)
 post_rps=$(field rps "$r")
 row "2. POST impresiones (durable)" "$post_rps" "$(ratio "$post_rps" "$ceiling")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"

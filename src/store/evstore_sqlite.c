@@ -20,6 +20,7 @@
  * folder's lock file keeps a second process out), so they are gap-free and
  * become visible in commit order.
  */
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,59 @@ struct sqlite_store {
     sqlite3_stmt *at;           /* stream_id, stream_version by position */
     sqlite3_stmt *rd;
     sqlite3_stmt *hd;
+    /* writer: WAL checkpoints on their own thread and connection */
+    pthread_t ckpt_thread;
+    pthread_mutex_t ckpt_mu;
+    pthread_cond_t ckpt_cv;
+    bool ckpt_running, ckpt_stop;
 };
+
+/*
+ * Checkpoints copy committed WAL pages back into the database file. Left to
+ * SQLite they run inside whichever COMMIT crosses 1000 pages, i.e. inside
+ * the committer, and every request of that batch waits for the copy and its
+ * fsync. Here they run every 100 ms on a second connection in PASSIVE mode,
+ * which never blocks the writer; the committer's connection has
+ * wal_autocheckpoint off.
+ */
+static void *ckpt_run(void *arg)
+{
+    struct sqlite_store *s = arg;
+    pthread_setname_np(pthread_self(), "rastro-ckpt");
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        log_error("checkpointer cannot open the store; WAL will grow", "path=%s", s->path);
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 100);
+    pthread_mutex_lock(&s->ckpt_mu);
+    while (!s->ckpt_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
+        if (s->ckpt_stop) {
+            break;
+        }
+        pthread_mutex_unlock(&s->ckpt_mu);
+        int frames = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            log_warn("WAL checkpoint failed", "path=%s err=\"%s\"", s->path, sqlite3_errmsg(db));
+        }
+        pthread_mutex_lock(&s->ckpt_mu);
+    }
+    pthread_mutex_unlock(&s->ckpt_mu);
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    sqlite3_close(db);
+    return NULL;
+}
 
 static const char *schema_sql =
     "CREATE TABLE IF NOT EXISTS events("
@@ -308,6 +361,15 @@ static int s_size_bytes(struct evstore *base, int64_t *bytes, struct err *e)
 static void s_close(struct evstore *base)
 {
     struct sqlite_store *s = (struct sqlite_store *)base;
+    if (s->ckpt_running) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        s->ckpt_stop = true;
+        pthread_cond_signal(&s->ckpt_cv);
+        pthread_mutex_unlock(&s->ckpt_mu);
+        pthread_join(s->ckpt_thread, NULL);
+    }
+    pthread_mutex_destroy(&s->ckpt_mu);
+    pthread_cond_destroy(&s->ckpt_cv);
     sqlite3_finalize(s->ins);
     sqlite3_finalize(s->at);
     sqlite3_finalize(s->rd);
@@ -402,6 +464,8 @@ int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struc
     s->base.ops = &sqlite_ops;
     s->path = xstrdup(path);
     s->flags = flags;
+    pthread_mutex_init(&s->ckpt_mu, NULL);
+    pthread_cond_init(&s->ckpt_cv, NULL);
     /* Readers open read-write without CREATE and set query_only: a truly
      * read-only handle cannot create the WAL index (-shm) when no writer
      * has it open, and would fail on a stopped server's folder. */
@@ -419,7 +483,8 @@ int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struc
             goto fail;
         }
     } else {
-        rc = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", e);
+        rc = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     " PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864", e);
         if (rc != ERR_OK) {
             goto fail;
         }
@@ -474,6 +539,13 @@ int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struc
     }
     if (rc != ERR_OK) {
         goto fail;
+    }
+    if (!(flags & EVSTORE_READONLY)) {
+        if (pthread_create(&s->ckpt_thread, NULL, ckpt_run, s) != 0) {
+            rc = err_set(e, ERR_STATE, "cannot start checkpoint thread");
+            goto fail;
+        }
+        s->ckpt_running = true;
     }
     *out = &s->base;
     return ERR_OK;
