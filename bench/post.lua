@@ -4,7 +4,7 @@
 -- connection (wrk has no rate limit of its own).
 local kind = os.getenv("RASTRO_KIND") or "impresiones"
 local pace = tonumber(os.getenv("RASTRO_DELAY_MS") or "0")
-dofile(os.getenv("RASTRO_BENCH_DIR") .. "/report.lua")
+dofile(os.getenv("RASTRO_BENCH_DIR") .. "/common.lua")
 local hex = "0123456789abcdef"
 local function uuid4()
   local t = {}
@@ -20,19 +20,6 @@ end
 
 local monedas = { "COP", "USD", "EUR", "MXN" }
 local tipos = { "VENTA", "REGISTRO", "SUSCRIPCION", "DESCARGAR", "CLICK" }
-
--- a different sequence every run and every thread (wrk's Lua states all
--- start from the same seed; repeating ids would measure the idempotent
--- replay path instead of appends)
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("seed", os.time() * 1000 + threads + math.floor((os.clock() * 1e6) % 1000))
-end
-
-function init(args)
-  math.randomseed(seed or os.time())
-end
 
 function make_post()
   local body
@@ -55,7 +42,6 @@ function make_post()
   end
   return wrk.format("POST", "/tracking/" .. kind, { ["Content-Type"] = "application/json" }, body)
 end
-
 
 request = make_post
 

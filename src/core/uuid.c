@@ -9,6 +9,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "core/hex.h"
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t pool[4096];
 static size_t pool_left;
@@ -94,20 +96,6 @@ void uuid_format(const struct uuid *u, char *out)
     out[j] = '\0';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
 bool uuid_parse(const char *s, struct uuid *out)
 {
     struct uuid u;
@@ -118,8 +106,8 @@ bool uuid_parse(const char *s, struct uuid *out)
                 return false;
             }
         }
-        int hi = hexval(s[j]);
-        int lo = hi < 0 ? -1 : hexval(s[j + 1]);
+        int hi = hex_digit(s[j]);
+        int lo = hi < 0 ? -1 : hex_digit(s[j + 1]);
         if (hi < 0 || lo < 0) {
             return false;
         }

@@ -6,19 +6,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
+#include "core/hex.h"
 
 int percent_decode(const char *in, size_t n, char *out, size_t max, size_t *out_len)
 {
@@ -29,8 +17,8 @@ int percent_decode(const char *in, size_t n, char *out, size_t max, size_t *out_
             if (i + 2 >= n) {
                 return ERR_INVALID;
             }
-            int hi = hexval(in[i + 1]);
-            int lo = hexval(in[i + 2]);
+            int hi = hex_digit(in[i + 1]);
+            int lo = hex_digit(in[i + 2]);
             if (hi < 0 || lo < 0) {
                 return ERR_INVALID;
             }

@@ -217,6 +217,34 @@ static int insert_run_row(sqlite3 *db, const struct run *r, struct err *e, const
     return rc;
 }
 
+/* Ends a run's transaction: records the run and commits, or rolls back
+ * and drops the run's filter. Returns rc, or the commit's error. */
+static int finish_run(struct lsmidx *ix, struct run *r, int rc, struct err *e)
+{
+    if (rc == ERR_OK) {
+        rc = insert_run_row(ix->wdb, r, e, ix->path);
+    }
+    if (rc == ERR_OK) {
+        rc = exec(ix->wdb, "COMMIT", ix->path, e);
+    }
+    if (rc != ERR_OK) {
+        sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
+        free(r->bl.w);
+        r->bl.w = NULL;
+    }
+    return rc;
+}
+
+/* Appends r to the in-memory run list. Caller holds mu (or owns ix). */
+static void push_run(struct lsmidx *ix, const struct run *r)
+{
+    if (ix->nruns == ix->cap) {
+        ix->cap = ix->cap ? ix->cap * 2 : 16;
+        ix->runs = xrealloc(ix->runs, ix->cap * sizeof(*ix->runs));
+    }
+    ix->runs[ix->nruns++] = *r;
+}
+
 static int set_flushed(sqlite3 *db, int64_t pos, const char *path, struct err *e)
 {
     char sql[128];
@@ -259,25 +287,14 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     sqlite3_finalize(ins);
     free(d.p);
     if (rc == ERR_OK) {
-        rc = insert_run_row(ix->wdb, &r, e, ix->path);
-    }
-    if (rc == ERR_OK) {
         rc = set_flushed(ix->wdb, max_pos, ix->path, e);
     }
-    if (rc == ERR_OK) {
-        rc = exec(ix->wdb, "COMMIT", ix->path, e);
-    }
+    rc = finish_run(ix, &r, rc, e);
     if (rc != ERR_OK) {
-        sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
-        free(r.bl.w);
         return rc;
     }
     pthread_mutex_lock(&ix->mu);
-    if (ix->nruns == ix->cap) {
-        ix->cap = ix->cap ? ix->cap * 2 : 16;
-        ix->runs = xrealloc(ix->runs, ix->cap * sizeof(*ix->runs));
-    }
-    ix->runs[ix->nruns++] = r;
+    push_run(ix, &r);
     ix->next_run++;
     ix->flushed = max_pos;
     ix->frozen = NULL;              /* only now: readers found it here until the commit */
@@ -355,15 +372,8 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
                                    "DELETE FROM lsm_runs WHERE run IN %s", in, in);
         rc = exec(ix->wdb, sql, ix->path, e);
     }
-    if (rc == ERR_OK) {
-        rc = insert_run_row(ix->wdb, &r, e, ix->path);
-    }
-    if (rc == ERR_OK) {
-        rc = exec(ix->wdb, "COMMIT", ix->path, e);
-    }
+    rc = finish_run(ix, &r, rc, e);
     if (rc != ERR_OK) {
-        sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
-        free(r.bl.w);
         return rc;
     }
     pthread_mutex_lock(&ix->mu);
@@ -485,11 +495,7 @@ static int load(struct lsmidx *ix, struct err *e)
         r.bl.k = sqlite3_column_int(st, 5);
         r.bl.w = xmalloc((size_t)bytes);
         memcpy(r.bl.w, sqlite3_column_blob(st, 4), (size_t)bytes);
-        if (ix->nruns == ix->cap) {
-            ix->cap = ix->cap ? ix->cap * 2 : 16;
-            ix->runs = xrealloc(ix->runs, ix->cap * sizeof(*ix->runs));
-        }
-        ix->runs[ix->nruns++] = r;
+        push_run(ix, &r);
         ix->next_run = r.id + 1;
     }
     sqlite3_finalize(st);
