@@ -8,9 +8,11 @@
  *
  *   rastro-gen DIR N
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/buf.h"
 #include "core/timeutil.h"
@@ -29,6 +31,10 @@ int main(int argc, char **argv)
     long long total = atoll(argv[2]);
     struct evstore *s = NULL;
     struct err e;
+    if (mkdir(argv[1], 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "rastro-gen: cannot create %s: %s\n", argv[1], strerror(errno));
+        return 1;
+    }
     if (evstore_open("sqlite", argv[1], 0, &s, &e) != ERR_OK) {
         fprintf(stderr, "rastro-gen: %s\n", e.msg);
         return 1;

@@ -10,6 +10,7 @@
 
 #include "app/service.h"
 #include "core/log.h"
+#include "store/evstore.h"
 
 static const char usage[] =
     "rastro " RASTRO_VERSION " - impression and conversion tracking (event sourcing + CQRS)\n"
@@ -137,6 +138,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(lvl);
+    evstore_global_init();
     if (strcmp(cmd, "serve") == 0) {
         return service_serve(&cfg);
     }

@@ -215,11 +215,53 @@ void tracking_stream_id(enum tracking_kind kind, const char *id, char *out)
 
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
 
-/* A string field: absent or null leaves dst empty (unless required). */
-static int get_string(const cJSON *obj, const char *key, const char *field,
-                      char *dst, size_t max, bool required, struct err *e)
+/* The fields a command may carry. */
+enum fidx {
+    F_ID, F_CAMPANA, F_CAMPANA_ALIAS, F_INFLUENCER, F_USUARIO, F_TIPO_EVENTO, F_USER_AGENT,
+    F_IP, F_REFERRER, F_TIMESTAMP, F_TIPO_CONVERSION, F_VALOR, F_MONEDA, F__COUNT
+};
+
+static const char *const fnames[F__COUNT] = {
+    [F_ID] = "id", [F_CAMPANA] = K_CAMPANA, [F_CAMPANA_ALIAS] = "campana_id",
+    [F_INFLUENCER] = "influencer_id", [F_USUARIO] = "usuario_id",
+    [F_TIPO_EVENTO] = "tipo_evento", [F_USER_AGENT] = "user_agent", [F_IP] = "ip_address",
+    [F_REFERRER] = "referrer", [F_TIMESTAMP] = "timestamp",
+    [F_TIPO_CONVERSION] = "tipo_conversion", [F_VALOR] = "valor", [F_MONEDA] = "moneda",
+};
+
+/* Each field's value in the body (NULL when absent). */
+struct slots {
+    const cJSON *v[F__COUNT];
+};
+
+/* One pass over the object's members instead of a linear search per field
+ * (cJSON's lookup is a strcmp per member). The first of duplicate keys
+ * wins, as with cJSON_GetObjectItem. Unknown members are ignored. */
+static void collect(const cJSON *obj, struct slots *sl)
 {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    memset(sl, 0, sizeof(*sl));
+    for (const cJSON *c = obj->child; c != NULL; c = c->next) {
+        const char *k = c->string;
+        if (k == NULL) {
+            continue;
+        }
+        for (int f = 0; f < F__COUNT; f++) {
+            if (k[0] == fnames[f][0] && strcmp(k, fnames[f]) == 0) {
+                if (sl->v[f] == NULL) {
+                    sl->v[f] = c;
+                }
+                break;
+            }
+        }
+    }
+}
+
+/* A string field: absent or null leaves dst empty (unless required). */
+static int get_string(const struct slots *sl, enum fidx f, char *dst, size_t max, bool required,
+                      struct err *e)
+{
+    const cJSON *it = sl->v[f];
+    const char *field = fnames[f];
     dst[0] = '\0';
     if (it == NULL || cJSON_IsNull(it)) {
         if (required) {
@@ -257,9 +299,9 @@ static bool is_token(const char *s)
     return true;
 }
 
-static int parse_timestamp(const cJSON *obj, struct tracking *t, struct err *e)
+static int parse_timestamp(const struct slots *sl, struct tracking *t, struct err *e)
 {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, "timestamp");
+    const cJSON *it = sl->v[F_TIMESTAMP];
     t->ts_given = false;
     t->timestamp_us = 0;
     if (it == NULL || cJSON_IsNull(it)) {
@@ -289,9 +331,9 @@ static int parse_timestamp(const cJSON *obj, struct tracking *t, struct err *e)
     return ERR_OK;
 }
 
-static int parse_valor(const cJSON *obj, struct tracking *t, struct err *e)
+static int parse_valor(const struct slots *sl, struct tracking *t, struct err *e)
 {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, "valor");
+    const cJSON *it = sl->v[F_VALOR];
     t->valor = 0;
     if (it == NULL || cJSON_IsNull(it)) {
         return ERR_OK;
@@ -313,13 +355,13 @@ static int parse_valor(const cJSON *obj, struct tracking *t, struct err *e)
 }
 
 /* Fields common to both kinds, then the conversion-only ones. */
-static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
+static int parse_fields(const struct slots *sl, struct tracking *t, struct err *e)
 {
-    int rc = get_string(obj, "id", "id", t->id, ID_MAX, false, e);
+    int rc = get_string(sl, F_ID, t->id, ID_MAX, false, e);
     if (rc != ERR_OK) {
         return rc;
     }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    const cJSON *id = sl->v[F_ID];
     if (id != NULL && cJSON_IsString(id) && t->id[0] == '\0') {
         return err_field(e, ERR_INVALID, "id", "id must not be empty (omit it to get one)");
     }
@@ -327,9 +369,9 @@ static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
 
     /* campaña_id, or its ASCII alias; if both come they must agree */
     char alias[ID_MAX + 1];
-    rc = get_string(obj, K_CAMPANA, K_CAMPANA, t->campana_id, ID_MAX, false, e);
+    rc = get_string(sl, F_CAMPANA, t->campana_id, ID_MAX, false, e);
     if (rc == ERR_OK) {
-        rc = get_string(obj, "campana_id", "campana_id", alias, ID_MAX, false, e);
+        rc = get_string(sl, F_CAMPANA_ALIAS, alias, ID_MAX, false, e);
     }
     if (rc != ERR_OK) {
         return rc;
@@ -345,19 +387,19 @@ static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
     }
 
     struct {
-        const char *key;
+        enum fidx f;
         char *dst;
         size_t max;
     } opt[] = {
-        { "influencer_id", t->influencer_id, ID_MAX },
-        { "usuario_id", t->usuario_id, ID_MAX },
-        { "tipo_evento", t->tipo_evento, TIPO_MAX },
-        { "user_agent", t->user_agent, UA_MAX },
-        { "ip_address", t->ip_address, IP_MAX },
-        { "referrer", t->referrer, REF_MAX },
+        { F_INFLUENCER, t->influencer_id, ID_MAX },
+        { F_USUARIO, t->usuario_id, ID_MAX },
+        { F_TIPO_EVENTO, t->tipo_evento, TIPO_MAX },
+        { F_USER_AGENT, t->user_agent, UA_MAX },
+        { F_IP, t->ip_address, IP_MAX },
+        { F_REFERRER, t->referrer, REF_MAX },
     };
     for (size_t i = 0; i < ARRAY_LEN(opt); i++) {
-        rc = get_string(obj, opt[i].key, opt[i].key, opt[i].dst, opt[i].max, false, e);
+        rc = get_string(sl, opt[i].f, opt[i].dst, opt[i].max, false, e);
         if (rc != ERR_OK) {
             return rc;
         }
@@ -376,13 +418,13 @@ static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
                              "ip_address must be an IPv4 or IPv6 address");
         }
     }
-    rc = parse_timestamp(obj, t, e);
+    rc = parse_timestamp(sl, t, e);
     if (rc != ERR_OK || t->kind != KIND_CONVERSION) {
         return rc;
     }
 
     char tipo[TIPO_MAX + 1];
-    rc = get_string(obj, "tipo_conversion", "tipo_conversion", tipo, TIPO_MAX, false, e);
+    rc = get_string(sl, F_TIPO_CONVERSION, tipo, TIPO_MAX, false, e);
     if (rc != ERR_OK) {
         return rc;
     }
@@ -392,12 +434,12 @@ static int parse_fields(const cJSON *obj, struct tracking *t, struct err *e)
                          "tipo_conversion must be one of VENTA, REGISTRO, SUSCRIPCION, "
                          "DESCARGAR, CLICK");
     }
-    rc = parse_valor(obj, t, e);
+    rc = parse_valor(sl, t, e);
     if (rc != ERR_OK) {
         return rc;
     }
     char moneda[16];
-    rc = get_string(obj, "moneda", "moneda", moneda, sizeof(moneda) - 1, false, e);
+    rc = get_string(sl, F_MONEDA, moneda, sizeof(moneda) - 1, false, e);
     if (rc == ERR_OK && moneda[0] == '\0') {
         strcpy(moneda, "COP");
     }
@@ -494,7 +536,9 @@ int tracking_parse_command(enum tracking_kind kind, const char *body, size_t n,
     }
     memset(out, 0, sizeof(*out));
     out->kind = kind;
-    rc = parse_fields(root, out, e);
+    struct slots sl;
+    collect(root, &sl);
+    rc = parse_fields(&sl, out, e);
     cJSON_Delete(root);
     return rc;
 }

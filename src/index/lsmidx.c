@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/xmalloc.h"
@@ -403,6 +405,11 @@ static void *run_thread(void *arg)
 {
     struct lsmidx *ix = arg;
     pthread_setname_np(pthread_self(), "rastro-index");
+    /* Flushes and merges can wait; requests cannot. On Linux the nice value
+     * is per thread, so this lowers only this one. */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0) {
+        log_debug("cannot lower index thread priority", NULL);
+    }
     int backoff_s = 0;
     pthread_mutex_lock(&ix->mu);
     for (;;) {
@@ -612,6 +619,16 @@ void lsmidx_add(struct lsmidx *ix, uint64_t h, int64_t pos)
     pthread_mutex_unlock(&ix->mu);
 }
 
+void lsmidx_add_many(struct lsmidx *ix, const struct lsmidx_entry *v, size_t n)
+{
+    pthread_mutex_lock(&ix->mu);
+    for (size_t i = 0; i < n; i++) {
+        idindex_add(ix->active, fix(v[i].h), v[i].pos);
+    }
+    ix->clean = ix->clean && n == 0;
+    pthread_mutex_unlock(&ix->mu);
+}
+
 void lsmidx_remove(struct lsmidx *ix, uint64_t h, int64_t pos)
 {
     pthread_mutex_lock(&ix->mu);
@@ -639,10 +656,17 @@ void lsmidx_commit(struct lsmidx *ix, int64_t upto)
         ix->active_max = upto;
     }
     maybe_freeze(ix);
-    if (ix->frozen != NULL && !ix->warned &&
-        idindex_count(ix->active) >= 4 * ix->memtable_max) {
-        ix->warned = true;         /* the flusher is behind: memory grows until it catches up */
-        log_warn("index flush is behind ingest; memtable growing", "path=%s", ix->path);
+    /* Memory stays bounded: with a full memtable waiting and another four
+     * times as large, the writer waits for the flusher (a bulk rebuild can
+     * add far faster than runs are written; live ingest never gets here). */
+    while (ix->frozen != NULL && idindex_count(ix->active) >= 4 * ix->memtable_max &&
+           !ix->stop) {
+        if (!ix->warned) {
+            ix->warned = true;
+            log_info("index flush is behind; waiting for it", "path=%s", ix->path);
+        }
+        pthread_cond_wait(&ix->cv, &ix->mu);
+        maybe_freeze(ix);
     }
     pthread_mutex_unlock(&ix->mu);
 }

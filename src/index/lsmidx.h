@@ -61,6 +61,12 @@ int lsmidx_reset(struct lsmidx *ix, struct err *e) WARN_UNUSED;
 
 /* Writer thread only. Positions must not decrease. */
 void lsmidx_add(struct lsmidx *ix, uint64_t h, int64_t pos);
+struct lsmidx_entry {
+    uint64_t h;
+    int64_t pos;
+};
+/* The same for n entries, taking the lock once. */
+void lsmidx_add_many(struct lsmidx *ix, const struct lsmidx_entry *v, size_t n);
 /* Undoes an add that was never committed by the owner. */
 void lsmidx_remove(struct lsmidx *ix, uint64_t h, int64_t pos);
 /* The owner committed everything added so far, which covers every position

@@ -93,11 +93,10 @@ struct rm_index {
     struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
 };
 
-/* An index entry waiting for its batch to commit. */
+/* Index entries waiting for their batch to commit. */
 struct pending {
-    struct lsmidx *ix;
-    uint64_t h;
-    int64_t pos;
+    struct lsmidx_entry *v;
+    size_t n, cap;
 };
 
 struct readmodel {
@@ -108,8 +107,7 @@ struct readmodel {
     struct rm_index *ix;
     bool owns_ix;
     struct lsmidx_reader *ids_r, *lists_r;
-    struct pending *pend;
-    size_t npend, cappend;
+    struct pending pend_ids, pend_lists;
     int64_t batch_pos;          /* the checkpoint the open batch will commit */
 };
 
@@ -164,7 +162,8 @@ void readmodel_close(struct readmodel *rm)
         index_close(rm->ix);
     }
     sqlite3_close(rm->db);
-    free(rm->pend);
+    free(rm->pend_ids.v);
+    free(rm->pend_lists.v);
     free(rm->path);
     free(rm);
 }
@@ -256,35 +255,33 @@ static void remove_stale(const char *dir, const char *gen)
     closedir(d);
 }
 
-static void pend(struct readmodel *rm, struct lsmidx *ix, uint64_t h, int64_t pos)
+static void pend(struct pending *p, uint64_t h, int64_t pos)
 {
-    if (rm->npend == rm->cappend) {
-        rm->cappend = rm->cappend ? rm->cappend * 2 : 1024;
-        rm->pend = xrealloc(rm->pend, rm->cappend * sizeof(*rm->pend));
+    if (p->n == p->cap) {
+        p->cap = p->cap ? p->cap * 2 : 1024;
+        p->v = xrealloc(p->v, p->cap * sizeof(*p->v));
     }
-    rm->pend[rm->npend].ix = ix;
-    rm->pend[rm->npend].h = h;
-    rm->pend[rm->npend].pos = pos;
-    rm->npend++;
+    p->v[p->n].h = h;
+    p->v[p->n].pos = pos;
+    p->n++;
 }
 
 /* The index entries of one row (by id, campaign list, influencer list). */
 static void index_row(struct readmodel *rm, enum tracking_kind kind, const char *id,
                       const char *camp, const char *infl, int64_t pos)
 {
-    pend(rm, rm->ix->ids, id_hash(kind, id), pos);
-    pend(rm, rm->ix->lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
+    pend(&rm->pend_ids, id_hash(kind, id), pos);
+    pend(&rm->pend_lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
     if (infl != NULL && infl[0] != '\0') {
-        pend(rm, rm->ix->lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
+        pend(&rm->pend_lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
     }
 }
 
 static void apply_pending(struct readmodel *rm, int64_t upto)
 {
-    for (size_t i = 0; i < rm->npend; i++) {
-        lsmidx_add(rm->pend[i].ix, rm->pend[i].h, rm->pend[i].pos);
-    }
-    rm->npend = 0;
+    lsmidx_add_many(rm->ix->ids, rm->pend_ids.v, rm->pend_ids.n);
+    lsmidx_add_many(rm->ix->lists, rm->pend_lists.v, rm->pend_lists.n);
+    rm->pend_ids.n = rm->pend_lists.n = 0;
     lsmidx_commit(rm->ix->ids, upto);
     lsmidx_commit(rm->ix->lists, upto);
 }
@@ -468,7 +465,7 @@ int rm_bulk_finish(struct readmodel *rm, struct err *e)
 
 int rm_begin(struct readmodel *rm, struct err *e)
 {
-    rm->npend = 0;
+    rm->pend_ids.n = rm->pend_lists.n = 0;
     return exec(rm, "BEGIN IMMEDIATE", e);
 }
 
@@ -483,7 +480,7 @@ int rm_commit(struct readmodel *rm, struct err *e)
 
 void rm_rollback(struct readmodel *rm)
 {
-    rm->npend = 0;
+    rm->pend_ids.n = rm->pend_lists.n = 0;
     sqlite3_exec(rm->db, "ROLLBACK", NULL, NULL, NULL);
 }
 

@@ -3,6 +3,7 @@
  */
 #include "store/evstore.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,4 +19,9 @@ int evstore_open(const char *spec, const char *data_dir, int flags, struct evsto
         return evstore_sqlite_open(path, flags, out, e);
     }
     return err_set(e, ERR_INVALID, "unknown store '%s' (this build knows: sqlite)", spec);
+}
+
+void evstore_global_init(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }

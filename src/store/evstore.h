@@ -142,6 +142,11 @@ static inline void evstore_close(struct evstore *s)
     }
 }
 
+/* Process-wide set-up, before any store or read model is opened: turns
+ * off SQLite's memory statistics, whose global mutex every allocation in
+ * every connection would otherwise take. */
+void evstore_global_init(void);
+
 /* Backend constructors, for evstore_open. */
 int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struct err *e);
 

@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/hash.h"
 #include "core/log.h"
@@ -66,6 +68,9 @@ static void *ckpt_run(void *arg)
 {
     struct sqlite_store *s = arg;
     pthread_setname_np(pthread_self(), "rastro-ckpt");
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 5) != 0) {
+        log_debug("cannot lower checkpoint thread priority", NULL);
+    }
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
