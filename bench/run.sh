@@ -96,7 +96,7 @@ sleep 1
 r=$(python3 "$here/lag.py" "$port" "$SECS" | grep '^RESULT')
 wait "$wpid" || true
 half=$(field rps "$(grep '^RESULT' "$work/half.out")")
-row "6. projection lag at ~half load ($half POST/s)" "" "" "" "lag p50 $(field lag_ms_p50 "$r") ms, p99 $(field lag_ms_p99 "$r") ms; p99 $(field lag_events_p99 "$r") events behind"
+row "6. projection lag at ~half load ($half POST/s)" "" "" "" "lag p50 $(field lag_ms_p50 "$r") ms / $(field lag_events_p50 "$r") events, p99 $(field lag_ms_p99 "$r") ms / $(field lag_events_p99 "$r") events; POST then read-your-write GET p99 $(field ryw_ms_p99 "$r") ms"
 stop_pid "$rpid"
 
 # 7-8: scale, on events generated straight into the store

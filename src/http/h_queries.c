@@ -137,6 +137,7 @@ enum MHD_Result h_health(struct req *r)
         jsonw_kint(&w, "position", pos);
         jsonw_kint(&w, "store_position", head);
         jsonw_kint(&w, "lag_events", head > pos ? head - pos : 0);
+        jsonw_kint(&w, "lag_ms", projector_lag_us(s->deps.projector, head) / 1000);
     } else {
         jsonw_kint(&w, "store_position", head);
         jsonw_kint(&w, "pending_commits", committer_pending(s->deps.committer));

@@ -59,6 +59,10 @@ void projector_stop(struct projector *p);
 void projector_free(struct projector *p);
 
 int64_t projector_position(struct projector *p);
+/* How far behind in time, given the store's head: 0 when caught up, else
+ * the time since the projector last had applied everything it could see
+ * (an upper bound on the age of the oldest event not yet applied). */
+int64_t projector_lag_us(struct projector *p, int64_t head);
 /* The read-model index the projector writes, for query connections. */
 struct rm_index *projector_rm_index(struct projector *p);
 void projector_get_stats(struct projector *p, struct projector_stats *out);
