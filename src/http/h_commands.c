@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "core/uuid.h"
+#include "core/xmalloc.h"
 #include "http/http_internal.h"
 
 /* Bodies above BODY_MAX but below this are read and discarded for a clean 413. */
@@ -50,21 +51,21 @@ static enum MHD_Result finish(struct req *r)
 {
     struct commit_req *cr = &r->creq;
     if (cr->status == ERR_OK) {
-        return reply_accepted(r, r->cmd.id, cr->out.position);
+        return reply_accepted(r, r->cmd->id, cr->out.position);
     }
     if (cr->status == ERR_CONFLICT) {
         struct tracking stored;
         struct err e;
         err_clear(&e);
         if (cr->existing_data == NULL ||
-            tracking_from_json(r->cmd.kind, cr->existing_data, strlen(cr->existing_data), &stored,
+            tracking_from_json(r->cmd->kind, cr->existing_data, strlen(cr->existing_data), &stored,
                                &e) != ERR_OK) {
             log_error("stored event does not decode", "stream=%s err=\"%s\"", r->stream_id, e.msg);
             r->retry_after = 1;
             return http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
                                     "stored event for this id is unreadable", NULL);
         }
-        if (tracking_same_payload(&stored, &r->cmd)) {
+        if (tracking_same_payload(&stored, r->cmd)) {
             return reply_accepted(r, stored.id, cr->out.position);
         }
         return http_reply_error(r, MHD_HTTP_CONFLICT,
@@ -111,10 +112,10 @@ static enum MHD_Result submit(struct req *r)
     uuid_v7(&eid);
     uuid_format(&eid, eid_s);
     int64_t now = time_now_us();
-    tracking_fill_defaults(&r->cmd, eid_s, now);
-    tracking_stream_id(r->cmd.kind, r->cmd.id, r->stream_id);
+    tracking_fill_defaults(r->cmd, eid_s, now);
+    tracking_stream_id(r->cmd->kind, r->cmd->id, r->stream_id);
 
-    int rc = tracking_to_json(&r->cmd, &r->data);
+    int rc = tracking_to_json(r->cmd, &r->data);
     char client[64];
     client_address(r->conn, client, sizeof(client));
     const char *corr = clean_header(r->conn, "X-Correlation-Id");
@@ -122,8 +123,8 @@ static enum MHD_Result submit(struct req *r)
     struct jsonw w;
     jsonw_init(&w, &r->meta);
     jsonw_obj_open(&w);
-    jsonw_kstr(&w, "correlation_id", corr != NULL ? corr : r->cmd.id);
-    jsonw_kstr(&w, "causation_id", r->cmd.id);
+    jsonw_kstr(&w, "correlation_id", corr != NULL ? corr : r->cmd->id);
+    jsonw_kstr(&w, "causation_id", r->cmd->id);
     jsonw_kstr(&w, "client", client);
     if (reqid != NULL) {
         jsonw_kstr(&w, "request_id", reqid);
@@ -136,7 +137,7 @@ static enum MHD_Result submit(struct req *r)
     struct commit_req *cr = &r->creq;
     cr->ev.stream_id = r->stream_id;
     cr->ev.expected_version = EVSTORE_NO_STREAM;
-    cr->ev.type = tracking_event_type_name(r->cmd.kind);
+    cr->ev.type = tracking_event_type_name(r->cmd->kind);
     cr->ev.schema_version = EVENT_SCHEMA_VERSION;
     cr->ev.event_id = eid;
     cr->ev.recorded_at_us = now;
@@ -188,7 +189,8 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
     }
     struct err e;
     err_clear(&e);
-    if (tracking_parse_command(r->route.kind, r->body.p ? r->body.p : "", r->body.len, &r->cmd,
+    r->cmd = xmalloc(sizeof(*r->cmd));     /* only commands pay for its 4 KiB */
+    if (tracking_parse_command(r->route.kind, r->body.p ? r->body.p : "", r->body.len, r->cmd,
                                &e) != ERR_OK) {
         return http_reply_error(r, MHD_HTTP_BAD_REQUEST, e.msg, e.field);
     }

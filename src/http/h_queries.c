@@ -57,8 +57,10 @@ static enum MHD_Result run_query(struct req *r)
     }
     struct buf out;
     buf_init(&out, 0);
-    int rc;
-    switch (r->route.id) {
+    int rc = rm_read_begin(rm, &e);
+    switch (rc != ERR_OK ? R_NONE : r->route.id) {
+    case R_NONE:
+        break;
     case R_Q_BYID:
         rc = rm_query_by_id(rm, r->route.kind, r->route.key, &out, &e);
         break;
@@ -69,6 +71,7 @@ static enum MHD_Result run_query(struct req *r)
         rc = rm_query_stats(rm, r->route.scope, r->route.key, &out, &e);
         break;
     }
+    rm_read_end(rm);
     http_rm_put(s, rm);
     enum MHD_Result ret;
     if (rc == ERR_OK) {

@@ -39,7 +39,7 @@ struct req {
     /* commands */
     struct buf body;
     bool too_big;
-    struct tracking cmd;
+    struct tracking *cmd;           /* the parsed command (owned) */
     struct buf data;
     struct buf meta;
     char stream_id[STREAM_ID_MAX];

@@ -698,6 +698,16 @@ int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct e
 
 /* ---- queries ---- */
 
+int rm_read_begin(struct readmodel *rm, struct err *e)
+{
+    return exec(rm, "BEGIN", e);
+}
+
+void rm_read_end(struct readmodel *rm)
+{
+    sqlite3_exec(rm->db, "COMMIT", NULL, NULL, NULL);
+}
+
 static void col_str(struct jsonw *w, const char *k, sqlite3_stmt *st, int i)
 {
     jsonw_key(w, k);

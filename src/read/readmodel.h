@@ -78,6 +78,11 @@ int rm_stats_add_valor(struct readmodel *rm, enum rm_scope scope, const char *ke
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e) WARN_UNUSED;
 
 /* ---- readers (query API); each writes a JSON document into out ---- */
+/* One read transaction around the queries of a request: one snapshot (a
+ * list's total and its page agree) and one WAL read lock instead of one per
+ * statement. rm_read_end() after. */
+int rm_read_begin(struct readmodel *rm, struct err *e) WARN_UNUSED;
+void rm_read_end(struct readmodel *rm);
 /* ERR_NOTFOUND when no such id. */
 int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id,
                    struct buf *out, struct err *e) WARN_UNUSED;
