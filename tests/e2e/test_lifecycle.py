@@ -481,6 +481,88 @@ class SigtermTest(LifecycleCase):
         self.assertLess(time.monotonic() - t0, 10, "an idle server must stop promptly")
 
 
+class KillTest(LifecycleCase):
+    """SIGKILL under load: nothing acknowledged is lost, and after a restart
+    the idempotency index (rebuilt from the log) and the read models (caught
+    up from their checkpoint) know every acknowledged id."""
+
+    def test_sigkill_twice_under_load(self):
+        data = self.new_data_dir()
+        acked = {}      # (kind, id) -> (body, position)
+        for cycle in range(2):
+            srv = self.start_server(data)
+            lock = threading.Lock()
+            stop = threading.Event()
+
+            def worker(t, srv=srv, lock=lock, stop=stop, cycle=cycle):
+                n = 0
+                while not stop.is_set():
+                    kind = "imp" if (n + t) % 3 else "conv"
+                    id_ = "k%d-%d-%d" % (cycle, t, n)
+                    n += 1
+                    body = {"id": id_, K_CAMPANA: "k-c%d" % (n % 3),
+                            "influencer_id": "k-i%d" % (t % 2), "usuario_id": "u%d" % n}
+                    if kind == "conv":
+                        body.update(valor="%d.25" % n, moneda="USD")
+                    try:
+                        status, _, js, _ = srv.post(kind, body)
+                    except (OSError, http.client.HTTPException):
+                        return      # the server was killed
+                    if status == 202:
+                        with lock:
+                            acked[(kind, id_)] = (body, js["position"])
+
+            threads = [threading.Thread(target=worker, args=(t,), daemon=True)
+                       for t in range(4)]
+            for th in threads:
+                th.start()
+            deadline = time.monotonic() + 20
+            target = 400 * (cycle + 1)
+            while time.monotonic() < deadline:
+                with lock:
+                    if len(acked) >= target:
+                        break
+                time.sleep(0.005)
+            srv.kill()                      # SIGKILL our server's PID mid-load
+            stop.set()
+            for th in threads:
+                th.join(timeout=40)
+                self.assertFalse(th.is_alive(), "a client thread hung")
+
+            evs = events(data)
+            self.assertEqual([e["position"] for e in evs], list(range(1, len(evs) + 1)),
+                             "cycle %d: the log must be gap-free" % cycle)
+            by_stream = {e["stream_id"]: e["position"] for e in evs}
+            self.assertEqual(len(by_stream), len(evs), "a stream was appended twice")
+            for (kind, id_), (_, pos) in acked.items():
+                self.assertEqual(by_stream.get(KIND_STREAM[kind] + id_), pos,
+                                 "cycle %d: acknowledged %s %s missing" % (cycle, kind, id_))
+
+        srv = self.start_server(data)
+        head = len(events(data))
+        # the same commands again: the first answers, nothing appended
+        for (kind, id_), (body, pos) in sorted(acked.items(), key=lambda a: a[1][1]):
+            js = self.post_ok(srv, kind, body)
+            self.assertEqual(js["position"], pos, "replay of %s %s after SIGKILL" % (kind, id_))
+        some = next(iter(acked))
+        changed = dict(acked[some][0], usuario_id="someone-else")
+        status, _, js, _ = srv.post(some[0], changed)
+        self.assertEqual(status, 409, "same id, other payload, after restart")
+        self.assertEqual(len(events(data)), head, "replays must append nothing")
+        # every acknowledged id is in the read models, counted once
+        for (kind, id_), (_, pos) in acked.items():
+            js = self.capture(srv, ["%s/%s/%s" % (Q, KIND_QUERY[kind], enc(id_))],
+                              head).popitem()[1]
+            self.assertEqual(js["position"], pos)
+        total = 0
+        for c in range(3):
+            st = self.capture(srv, ["%s/%s/k-c%d/estadisticas" % (Q, CAMPANAS, c)],
+                              head).popitem()[1]
+            total += st["total_impresiones"] + st["total_conversiones"]
+        self.assertEqual(total, head, "the read models must count every logged event once")
+        self.assertEqual(srv.stop(), 0)
+
+
 class ConcurrencyTest(ServerTestCase):
 
     THREADS = 8
