@@ -27,7 +27,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 wrk_row() { # url script [env...]
     local url=$1 script=$2; shift 2
-    env "$@" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$here/$script" "$url" | grep '^RESULT'
+    env "$@" wrk -t1 -c"${C:-$CONNS}" -d"${SECS}s" --latency -s "$here/$script" "$url" | grep '^RESULT'
 }
 start_rastro() { # dir port -> pid in $rpid
     "$BIN" serve --listen "127.0.0.1:$2" --data "$1" >"$1.log" 2>&1 &
@@ -82,6 +82,10 @@ row "1b. rastro GET /tracking/health (libmicrohttpd ceiling)" "$(field rps "$r")
 r=$(wrk_row "$url" post.lua)
 post_rps=$(field rps "$r")
 row "2. POST impresiones (durable)" "$post_rps" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
+for c in 1 8; do     # group commit: throughput grows with concurrency
+    r=$(C=$c wrk_row "$url" post.lua)
+    row "2b. POST impresiones, $c connection(s)" "$(field rps "$r")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms"
+done
 r=$(wrk_row "$url" post.lua RASTRO_KIND=conversiones)
 row "3. POST conversiones (durable)" "$(field rps "$r")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
 "$BIN" events --data "$data" --type ImpresionRegistrada --limit 50000 |
