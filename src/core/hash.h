@@ -11,4 +11,15 @@
 
 uint64_t hash64(const void *p, size_t n);
 
+/*
+ * SipHash-2-4 (Aumasson and Bernstein) with a 128-bit secret key: a keyed
+ * hash whose collisions an outsider cannot compute, for every index whose
+ * keys come from clients (ids, campaign names). An unkeyed hash there lets
+ * a client craft thousands of ids under one hash value.
+ */
+struct siphash_key {
+    uint64_t k0, k1;
+};
+uint64_t siphash24(const struct siphash_key *key, const void *p, size_t n);
+
 #endif

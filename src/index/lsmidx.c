@@ -20,9 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "core/hash.h"
 #include "core/log.h"
 #include "core/xmalloc.h"
 #include "index/idindex.h"
@@ -63,6 +65,8 @@ struct lsmidx {
     bool clean;                     /* every add so far is committed by the owner */
     bool no_bloom;                  /* range-only index: filters would never be asked */
     int64_t flushes, merges;
+    bool failing;                   /* the last flush or merge failed; retrying */
+    struct siphash_key key;         /* per file, random, kept in lsm_meta */
 };
 
 struct lsmidx_reader {
@@ -141,7 +145,9 @@ static int open_db(const char *path, bool create, sqlite3 **out, struct err *e)
         sqlite3_close(db);
         return rc;
     }
-    sqlite3_busy_timeout(db, 10000);
+    /* Only another process can hold these files' write lock; do not sit on
+     * it: the flusher retries with backoff, lookups are readers (WAL). */
+    sqlite3_busy_timeout(db, 1000);
     *out = db;
     return ERR_OK;
 }
@@ -301,6 +307,7 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     ix->flushed = max_pos;
     ix->frozen = NULL;              /* only now: readers found it here until the commit */
     ix->flushes++;
+    pthread_cond_broadcast(&ix->cv);    /* a writer may be waiting for room */
     pthread_mutex_unlock(&ix->mu);
     idindex_free(frozen);
     return ERR_OK;
@@ -363,8 +370,12 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
             rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
         } else {
             sqlite3_bind_int64(st, 1, r.id);
-            while (sqlite3_step(st) == SQLITE_ROW) {
+            int sr;
+            while ((sr = sqlite3_step(st)) == SQLITE_ROW) {
                 bloom_add(&r.bl, (uint64_t)sqlite3_column_int64(st, 0));
+            }
+            if (sr != SQLITE_DONE) {    /* a partial filter would hide keys for good */
+                rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
             }
         }
         sqlite3_finalize(st);
@@ -445,6 +456,11 @@ static void *run_thread(void *arg)
             backoff_s = 0;
         }
         pthread_mutex_lock(&ix->mu);
+        /* While failing, nobody waits for this thread: not the writer (its
+         * memtable grows instead; the log keeps everything) nor quiesce. */
+        ix->failing = rc != ERR_OK;
+        ix->busy = !ix->failing;
+        pthread_cond_broadcast(&ix->cv);
         maybe_freeze(ix);       /* the writer may have filled another one meanwhile */
         if (backoff_s > 0 && !ix->stop) {
             struct timespec ts;
@@ -469,10 +485,67 @@ static const char *schema =
     "CREATE TABLE IF NOT EXISTS lsm_keys(run INTEGER NOT NULL, h INTEGER NOT NULL,"
     " pos INTEGER NOT NULL, PRIMARY KEY(run, h, pos)) WITHOUT ROWID;";
 
+static int meta_get(sqlite3 *db, const char *k, int64_t *v)
+{
+    sqlite3_stmt *st = NULL;
+    int found = 0;
+    if (sqlite3_prepare_v2(db, "SELECT v FROM lsm_meta WHERE k=?", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, k, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *v = sqlite3_column_int64(st, 0);
+            found = 1;
+        }
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+/* The file's hash key: made at random when the file is made. A file from
+ * before keys existed is emptied (its runs were hashed without one) and
+ * filled again by its owner from the log. */
+static int load_key(struct lsmidx *ix, struct err *e)
+{
+    int64_t k0, k1;
+    if (meta_get(ix->wdb, "key0", &k0) && meta_get(ix->wdb, "key1", &k1)) {
+        ix->key.k0 = (uint64_t)k0;
+        ix->key.k1 = (uint64_t)k1;
+        return ERR_OK;
+    }
+    uint64_t k[2];
+    size_t got = 0;
+    while (got < sizeof(k)) {
+        ssize_t r = getrandom((char *)k + got, sizeof(k) - got, 0);
+        if (r <= 0) {
+            return err_set(e, ERR_STATE, "getrandom failed for index %s", ix->path);
+        }
+        got += (size_t)r;
+    }
+    ix->key.k0 = k[0];
+    ix->key.k1 = k[1];
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE; DELETE FROM lsm_keys; DELETE FROM lsm_runs; DELETE FROM lsm_meta;"
+             " INSERT INTO lsm_meta(k, v) VALUES('key0', %lld), ('key1', %lld); COMMIT",
+             (long long)(int64_t)k[0], (long long)(int64_t)k[1]);
+    int rc = exec(ix->wdb, sql, ix->path, e);
+    if (rc != ERR_OK) {
+        sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
+    }
+    return rc;
+}
+
+uint64_t lsmidx_hash(const struct lsmidx *ix, const void *key, size_t n)
+{
+    return siphash24(&ix->key, key, n);
+}
+
 static int load(struct lsmidx *ix, struct err *e)
 {
     sqlite3_stmt *st = NULL;
-    int rc = ERR_OK;
+    int rc = load_key(ix, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
     ix->flushed = 0;
     ix->next_run = 1;
     if (sqlite3_prepare_v2(ix->wdb, "SELECT v FROM lsm_meta WHERE k='flushed'", -1, &st, NULL) ==
@@ -581,7 +654,7 @@ int64_t lsmidx_flushed(struct lsmidx *ix)
 void lsmidx_quiesce(struct lsmidx *ix)
 {
     pthread_mutex_lock(&ix->mu);
-    while ((ix->frozen != NULL || ix->busy) && !ix->stop) {
+    while ((ix->frozen != NULL || ix->busy) && !ix->stop && !ix->failing) {
         pthread_cond_wait(&ix->cv, &ix->mu);
     }
     pthread_mutex_unlock(&ix->mu);
@@ -591,7 +664,7 @@ int lsmidx_reset(struct lsmidx *ix, struct err *e)
 {
     lsmidx_quiesce(ix);
     int rc = exec(ix->wdb, "BEGIN IMMEDIATE; DELETE FROM lsm_keys; DELETE FROM lsm_runs;"
-                           " DELETE FROM lsm_meta; COMMIT", ix->path, e);
+                           " DELETE FROM lsm_meta WHERE k='flushed'; COMMIT", ix->path, e);
     if (rc != ERR_OK) {
         sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
         return rc;
@@ -660,7 +733,7 @@ void lsmidx_commit(struct lsmidx *ix, int64_t upto)
      * times as large, the writer waits for the flusher (a bulk rebuild can
      * add far faster than runs are written; live ingest never gets here). */
     while (ix->frozen != NULL && idindex_count(ix->active) >= 4 * ix->memtable_max &&
-           !ix->stop) {
+           !ix->stop && !ix->failing) {
         if (!ix->warned) {
             ix->warned = true;
             log_info("index flush is behind; waiting for it", "path=%s", ix->path);
@@ -792,16 +865,20 @@ int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, in
         rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
     } else if (got < limit) {
         /* one read transaction: the run list and the runs' keys agree */
-        int s;
+        int s = SQLITE_DONE;
         while (rc == ERR_OK && got < limit && (s = sqlite3_step(r->runs)) == SQLITE_ROW) {
             int64_t run = sqlite3_column_int64(r->runs, 0);
             if (skip > 0) {
                 sqlite3_bind_int64(r->count, 1, run);
                 sqlite3_bind_int64(r->count, 2, (int64_t)h);
                 sqlite3_bind_int64(r->count, 3, flushed);
-                int64_t cnt = sqlite3_step(r->count) == SQLITE_ROW
-                                  ? sqlite3_column_int64(r->count, 0) : 0;
+                int cs = sqlite3_step(r->count);
+                int64_t cnt = cs == SQLITE_ROW ? sqlite3_column_int64(r->count, 0) : 0;
                 sqlite3_reset(r->count);
+                if (cs != SQLITE_ROW) {
+                    rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
+                    break;
+                }
                 if (cnt <= skip) {
                     skip -= cnt;
                     continue;
@@ -820,6 +897,9 @@ int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, in
             }
             sqlite3_reset(r->page);
             skip = 0;
+        }
+        if (rc == ERR_OK && s != SQLITE_ROW && s != SQLITE_DONE) {
+            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(r->db));
         }
         sqlite3_reset(r->runs);
         sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);

@@ -19,7 +19,9 @@
  * Like every read model it is derived from the log: lsmidx_flushed() says
  * up to which position the file is complete, and the owner re-adds the
  * entries after it when it opens (at most two memtables' worth). Collisions
- * are possible: callers confirm each position against the real key.
+ * are possible but not computable from outside (keys are hashed with a
+ * secret per-file key, lsmidx_hash): callers confirm each position against
+ * the real key, and must handle any number of candidates.
  *
  * Threads: one writer thread calls add/remove/commit; find may be called
  * from any thread, each with its own struct lsmidx_reader.
@@ -55,6 +57,9 @@ int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx 
 void lsmidx_close(struct lsmidx *ix);
 
 int64_t lsmidx_flushed(struct lsmidx *ix);
+/* The index's keyed hash (SipHash-2-4 with a random key kept in the file)
+ * of a key: the h every other call takes. Thread-safe. */
+uint64_t lsmidx_hash(const struct lsmidx *ix, const void *key, size_t n);
 /* Forgets everything (the file and memory): for an index found ahead of
  * the log it is derived from. */
 int lsmidx_reset(struct lsmidx *ix, struct err *e) WARN_UNUSED;

@@ -210,7 +210,13 @@ static void *run(void *arg)
             log_error("projection batch failed; will retry", "position=%lld err=\"%s\"",
                       (long long)projector_position(p), e.msg);
             backoff_ms = backoff_ms ? (backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2) : 50;
-            bus_wait(p->bus, INT64_MAX, backoff_ms);
+            /* back off, waking waiters whose deadline passes meanwhile */
+            for (int waited = 0; waited < backoff_ms && !atomic_load(&p->stopping);
+                 waited += 100) {
+                wake_waiters(p, false);
+                bus_wait(p->bus, INT64_MAX, 100);
+            }
+            wake_waiters(p, false);
             if (atomic_load(&p->stopping)) {
                 break;      /* cannot catch up: stop anyway, the checkpoint is safe */
             }

@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "core/hash.h"
 #include "core/xmalloc.h"
@@ -23,11 +24,16 @@ struct stats_acc {
     struct entry *e;
     size_t mask;
     size_t count;
+    struct siphash_key key;     /* random: campaign names come from clients */
 };
 
 struct stats_acc *stats_acc_new(void)
 {
     struct stats_acc *a = xcalloc(1, sizeof(*a));
+    if (getrandom(&a->key, sizeof(a->key), 0) != (ssize_t)sizeof(a->key)) {
+        a->key.k0 = (uint64_t)(uintptr_t)a;     /* still a hash map, just not secret */
+        a->key.k1 = 0x9e3779b97f4a7c15ULL;
+    }
     a->mask = 255;
     a->e = xcalloc(a->mask + 1, sizeof(struct entry));
     return a;
@@ -51,10 +57,11 @@ void stats_acc_free(struct stats_acc *a)
     }
 }
 
-static uint64_t key_hash(int scope, const char *key, const char *moneda)
+static uint64_t key_hash(const struct stats_acc *a, int scope, const char *key,
+                         const char *moneda)
 {
-    uint64_t h = hash64(key, strlen(key)) ^ (uint64_t)scope * 0x9e3779b97f4a7c15ULL ^
-                 hash64(moneda, strlen(moneda)) * 31;
+    uint64_t h = siphash24(&a->key, key, strlen(key)) ^ (uint64_t)scope * 0x9e3779b97f4a7c15ULL ^
+                 siphash24(&a->key, moneda, strlen(moneda)) * 31;
     return h == 0 ? 1 : h;
 }
 
@@ -96,7 +103,7 @@ static struct entry *get(struct stats_acc *a, int scope, const char *key, const 
     if ((a->count + 1) * 4 > (a->mask + 1) * 3) {
         grow(a);
     }
-    uint64_t h = key_hash(scope, key, moneda);
+    uint64_t h = key_hash(a, scope, key, moneda);
     struct entry *x = find(a, scope, key, moneda, h);
     if (x->h == 0) {
         x->h = h;
@@ -157,7 +164,7 @@ int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)
 bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *key,
                    int64_t *imp, int64_t *conv, int64_t *last_us)
 {
-    struct entry *x = find(a, (int)scope, key, "", key_hash((int)scope, key, ""));
+    struct entry *x = find(a, (int)scope, key, "", key_hash(a, (int)scope, key, ""));
     if (x->h == 0) {
         return false;
     }
@@ -170,7 +177,7 @@ bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *k
 bool stats_acc_get_valor(const struct stats_acc *a, enum rm_scope scope, const char *key,
                          const char *moneda, __int128 *ticks)
 {
-    struct entry *x = find(a, (int)scope, key, moneda, key_hash((int)scope, key, moneda));
+    struct entry *x = find(a, (int)scope, key, moneda, key_hash(a, (int)scope, key, moneda));
     if (x->h == 0) {
         return false;
     }

@@ -180,7 +180,7 @@ void readmodel_index_quiesce(struct readmodel *writer)
 }
 
 /* hash(kind, id) for the ids index. */
-static uint64_t id_hash(enum tracking_kind kind, const char *id)
+static uint64_t id_hash(const struct lsmidx *ix, enum tracking_kind kind, const char *id)
 {
     char buf[ID_MAX * 2 + 4];
     size_t n = strlen(id);
@@ -190,11 +190,12 @@ static uint64_t id_hash(enum tracking_kind kind, const char *id)
     buf[0] = kind == KIND_IMPRESION ? 'i' : 'c';
     buf[1] = ':';
     memcpy(buf + 2, id, n);
-    return hash64(buf, n + 2);
+    return lsmidx_hash(ix, buf, n + 2);
 }
 
 /* hash(kind, scope, key) for the lists index. */
-static uint64_t list_hash(enum tracking_kind kind, enum rm_scope scope, const char *key)
+static uint64_t list_hash(const struct lsmidx *ix, enum tracking_kind kind, enum rm_scope scope,
+                          const char *key)
 {
     char buf[ID_MAX * 2 + 4];
     size_t n = strlen(key);
@@ -205,7 +206,7 @@ static uint64_t list_hash(enum tracking_kind kind, enum rm_scope scope, const ch
     buf[1] = scope == SCOPE_CAMPANA ? 'C' : 'I';
     buf[2] = ':';
     memcpy(buf + 3, key, n);
-    return hash64(buf, n + 3);
+    return lsmidx_hash(ix, buf, n + 3);
 }
 
 /* The generation ties index files to this read-model file. */
@@ -270,10 +271,10 @@ static void pend(struct pending *p, uint64_t h, int64_t pos)
 static void index_row(struct readmodel *rm, enum tracking_kind kind, const char *id,
                       const char *camp, const char *infl, int64_t pos)
 {
-    pend(&rm->pend_ids, id_hash(kind, id), pos);
-    pend(&rm->pend_lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
+    pend(&rm->pend_ids, id_hash(rm->ix->ids, kind, id), pos);
+    pend(&rm->pend_lists, list_hash(rm->ix->lists, kind, SCOPE_CAMPANA, camp), pos);
     if (infl != NULL && infl[0] != '\0') {
-        pend(&rm->pend_lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
+        pend(&rm->pend_lists, list_hash(rm->ix->lists, kind, SCOPE_INFLUENCER, infl), pos);
     }
 }
 
@@ -357,12 +358,13 @@ static int open_index(struct readmodel *rm, struct err *e)
         const char *camp = (const char *)sqlite3_column_text(st, 3);
         const char *infl = (const char *)sqlite3_column_text(st, 4);
         if (pos > flushed[0]) {
-            lsmidx_add(rm->ix->ids, id_hash(kind, id), pos);
+            lsmidx_add(rm->ix->ids, id_hash(rm->ix->ids, kind, id), pos);
         }
         if (pos > flushed[1]) {
-            lsmidx_add(rm->ix->lists, list_hash(kind, SCOPE_CAMPANA, camp), pos);
+            lsmidx_add(rm->ix->lists, list_hash(rm->ix->lists, kind, SCOPE_CAMPANA, camp), pos);
             if (infl != NULL) {
-                lsmidx_add(rm->ix->lists, list_hash(kind, SCOPE_INFLUENCER, infl), pos);
+                lsmidx_add(rm->ix->lists, list_hash(rm->ix->lists, kind, SCOPE_INFLUENCER, infl),
+                           pos);
             }
         }
         if (++n % 65536 == 0) {
@@ -403,7 +405,10 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
         rc = db_err(rm, e, "opening read models");
         goto fail;
     }
-    sqlite3_busy_timeout(rm->db, 5000);
+    /* The writer fails fast on a lock held by someone else (the projector
+     * then backs off and keeps waking min_position waiters on time);
+     * readers in WAL mode are not blocked by the writer anyway. */
+    sqlite3_busy_timeout(rm->db, mode == RM_READER ? 5000 : 100);
     if (mode == RM_WRITER || mode == RM_BULK) {
         /* Bulk (rebuild into a fresh file that is discarded on failure):
          * no journal, no fsync until the end. Live: WAL, fsync at
@@ -756,14 +761,27 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
     if (st == NULL) {
         return ERR_IO;
     }
-    int64_t cand[8];
-    size_t n = 0;
-    int rc = lsmidx_find(rm->ix->ids, rm->ids_r, id_hash(kind, id), cand, ARRAY_LEN(cand), &n, e);
+    int64_t small[8];
+    int64_t *cand = small;
+    size_t cap = ARRAY_LEN(small), n = 0;
+    uint64_t h = id_hash(rm->ix->ids, kind, id);
+    int rc = lsmidx_find(rm->ix->ids, rm->ids_r, h, cand, cap, &n, e);
+    if (rc == ERR_OK && n > cap) {      /* more candidates than expected: take them all */
+        cap = n + 8;
+        cand = xmalloc(cap * sizeof(*cand));
+        rc = lsmidx_find(rm->ix->ids, rm->ids_r, h, cand, cap, &n, e);
+        if (n > cap) {
+            n = cap;
+        }
+    }
     if (rc != ERR_OK) {
+        if (cand != small) {
+            free(cand);
+        }
         return rc;
     }
     rc = err_set(e, ERR_NOTFOUND, "%s '%s' not found", conv ? "conversion" : "impression", id);
-    for (size_t i = 0; i < n && i < ARRAY_LEN(cand); i++) {
+    for (size_t i = 0; i < n; i++) {
         int step_rc;
         if (!row_at(st, cand[i], &step_rc)) {
             if (step_rc != SQLITE_DONE) {
@@ -799,6 +817,9 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
         break;
     }
     sqlite3_reset(st);
+    if (cand != small) {
+        free(cand);
+    }
     return rc;
 }
 
@@ -832,22 +853,27 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
                   struct err *e)
 {
     bool conv = kind == KIND_CONVERSION;
-    int64_t imp, nconv, last;
-    int rc = stats_counts(rm, scope, key, &imp, &nconv, &last, e);
-    if (rc != ERR_OK) {
-        return rc;
-    }
     sqlite3_stmt *st = stmt(rm, conv ? S_ROW_CONV : S_ROW_IMP, e);
     if (st == NULL) {
         return ERR_IO;
     }
+    /* The index first, before any statement on the read models starts this
+     * request's snapshot: index entries are added only after their rows
+     * committed, so every position read here has its row in the snapshot
+     * taken next. (The other way round, a batch committed in between would
+     * leave positions without rows and pages short.) */
     int64_t pos[1000];
     size_t n = 0;
     if (limit > (int64_t)ARRAY_LEN(pos)) {
         limit = ARRAY_LEN(pos);
     }
-    rc = lsmidx_range_desc(rm->ix->lists, rm->lists_r, list_hash(kind, scope, key), offset,
-                           (size_t)limit, pos, &n, e);
+    uint64_t h = list_hash(rm->ix->lists, kind, scope, key);
+    int rc = lsmidx_range_desc(rm->ix->lists, rm->lists_r, h, offset, (size_t)limit, pos, &n, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    int64_t imp, nconv, last;
+    rc = stats_counts(rm, scope, key, &imp, &nconv, &last, e);
     if (rc != ERR_OK) {
         return rc;
     }
@@ -872,7 +898,9 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
             continue;
         }
         if (!col_equals(st, kcol, key)) {
-            continue;           /* another key with the same 64-bit hash */
+            /* another key under the same keyed 64-bit hash: left out, so
+             * such a page would come back one short (about 1 in 2^64) */
+            continue;
         }
         jsonw_obj_open(&w);
         col_str(&w, "id", st, 1);

@@ -29,7 +29,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/hash.h"
 #include "core/log.h"
 #include "core/xmalloc.h"
 #include "store/evstore.h"
@@ -203,35 +202,53 @@ static int at_position(struct sqlite_store *s, int64_t pos, char *sid, size_t si
     return rc;
 }
 
-/* Current version and last position of a stream, via the stream index. */
+static uint64_t stream_hash(struct sqlite_store *s, const char *stream_id)
+{
+    return lsmidx_hash(s->streams, stream_id, strlen(stream_id));
+}
+
+/* Current version and last position of a stream, via the stream index.
+ * Every candidate position is confirmed against the stored stream id, and
+ * there may be any number of them (the hash is keyed, so nobody can make
+ * many on purpose; the code does not rely on that). */
 static int find_stream(struct sqlite_store *s, const char *stream_id, int64_t *version,
                        int64_t *last_pos, struct err *e)
 {
-    int64_t cand[16];
-    size_t n = 0;
-    uint64_t h = hash64(stream_id, strlen(stream_id));
-    int rc = lsmidx_find(s->streams, s->sr, h, cand, ARRAY_LEN(cand), &n, e);
-    if (rc != ERR_OK) {
-        return rc;
-    }
-    if (n > ARRAY_LEN(cand)) {
-        return err_set(e, ERR_IO, "stream index: %zu events under one hash", n);
+    int64_t small[16];
+    int64_t *cand = small;
+    size_t cap = ARRAY_LEN(small), n = 0;
+    uint64_t h = stream_hash(s, stream_id);
+    int rc = lsmidx_find(s->streams, s->sr, h, cand, cap, &n, e);
+    if (rc == ERR_OK && n > cap) {
+        cap = n + 16;
+        cand = xmalloc(cap * sizeof(*cand));
+        rc = lsmidx_find(s->streams, s->sr, h, cand, cap, &n, e);
+        if (n > cap) {
+            n = cap;
+        }
     }
     int64_t best_v = 0, best_p = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
         char sid[1024];
         int64_t v = 0;
-        rc = at_position(s, cand[i], sid, sizeof(sid), &v, e);
-        if (rc == ERR_NOTFOUND) {
+        int r = at_position(s, cand[i], sid, sizeof(sid), &v, e);
+        if (r == ERR_NOTFOUND) {
             continue;
         }
-        if (rc != ERR_OK) {
-            return rc;
+        if (r != ERR_OK) {
+            rc = r;
+            break;
         }
         if (strcmp(sid, stream_id) == 0 && v > best_v) {
             best_v = v;
             best_p = cand[i];
         }
+    }
+    if (cand != small) {
+        free(cand);
+    }
+    if (rc != ERR_OK) {
+        return rc;
     }
     if (best_v == 0) {
         return ERR_NOTFOUND;
@@ -301,7 +318,7 @@ static int s_append(struct evstore *base, const struct event_in *ev, size_t n,
             rc = db_err(s, e, "appending event");
             goto out;
         }
-        lsmidx_add(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)), pos);
+        lsmidx_add(s->streams, stream_hash(s, ev[i].stream_id), pos);
         added++;
         out[i].status = ERR_OK;
         out[i].position = pos;
@@ -315,8 +332,7 @@ out:
         /* undo what this batch put in the index: positions head+1 .. pos */
         for (size_t i = 0; i < n && added > 0; i++) {
             if (out[i].status == ERR_OK && out[i].position > s->head) {
-                lsmidx_remove(s->streams, hash64(ev[i].stream_id, strlen(ev[i].stream_id)),
-                              out[i].position);
+                lsmidx_remove(s->streams, stream_hash(s, ev[i].stream_id), out[i].position);
                 added--;
             }
         }
@@ -450,7 +466,7 @@ static int load_index(struct sqlite_store *s, struct err *e)
         const void *sid = sqlite3_column_text(st, 1);
         int len = sqlite3_column_bytes(st, 1);
         int64_t pos = sqlite3_column_int64(st, 0);
-        lsmidx_add(s->streams, hash64(sid, (size_t)len), pos);
+        lsmidx_add(s->streams, lsmidx_hash(s->streams, sid, (size_t)len), pos);
         if (++added % 65536 == 0) {
             lsmidx_commit(s->streams, pos);
         }

@@ -563,6 +563,38 @@ class KillTest(LifecycleCase):
         self.assertEqual(srv.stop(), 0)
 
 
+class BlockedProjectionTest(LifecycleCase):
+    """A read-your-write wait ends at its deadline even when the projector
+    cannot write (another process holds the read models' write lock), and
+    projection resumes by itself once the lock is gone."""
+
+    def test_min_position_deadline_while_read_models_locked(self):
+        import sqlite3
+        data = self.new_data_dir()
+        srv = self.start_server(data)
+        first = self.post_ok(srv, "imp", {"id": "bp-1", K_CAMPANA: "bp"})
+        self.capture(srv, [Q + "/impresiones/bp-1"], first["position"])
+        lock = sqlite3.connect(os.path.join(data, "readmodels.db"), timeout=5,
+                               isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            second = self.post_ok(srv, "imp", {"id": "bp-2", K_CAMPANA: "bp"})
+            t0 = time.monotonic()
+            status, headers, js, raw = srv.request(
+                "GET", with_params(Q + "/impresiones/bp-2", min_position=second["position"],
+                                   wait_ms=300))
+            took = time.monotonic() - t0
+            self.assertEqual(status, 503, raw[:300])
+            self.assertIn("retry-after", headers)
+            self.assertLess(took, 3.0, "the 300 ms wait took %.1f s" % took)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        got = self.capture(srv, [Q + "/impresiones/bp-2"], second["position"])
+        self.assertEqual(got.popitem()[1]["position"], second["position"])
+        self.assertEqual(srv.stop(), 0)
+
+
 class ConcurrencyTest(ServerTestCase):
 
     THREADS = 8

@@ -119,6 +119,19 @@ static void test_hash(void)
     CHECK(hash64("abc", 3) != hash64("abd", 3));
     CHECK(hash64("impresion:1", 11) != hash64("conversion:1", 12));
     CHECK(hash64("", 0) != hash64("a", 1));
+
+    /* SipHash-2-4 reference vectors: key 00..0f, messages 00..(n-1) */
+    struct siphash_key k = { 0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL };
+    unsigned char msg[64];
+    for (int i = 0; i < 64; i++) {
+        msg[i] = (unsigned char)i;
+    }
+    CHECK(siphash24(&k, msg, 0) == 0x726fdb47dd0e0e31ULL);
+    CHECK(siphash24(&k, msg, 1) == 0x74f839c593dc67fdULL);
+    CHECK(siphash24(&k, msg, 15) == 0xa129ca6149be45e5ULL);
+    CHECK(siphash24(&k, msg, 63) == 0x958a324ceb064572ULL);
+    struct siphash_key k2 = { 1, 2 };
+    CHECK(siphash24(&k2, "impresion:1", 11) != siphash24(&k, "impresion:1", 11));
 }
 
 int main(void)
