@@ -57,11 +57,22 @@ void stats_acc_free(struct stats_acc *a)
     }
 }
 
-static uint64_t key_hash(const struct stats_acc *a, int scope, const char *key,
-                         const char *moneda)
+/* Keyed hash of a campaign or influencer name (names come from clients;
+ * an unkeyed hash would let them collide on purpose). */
+static uint64_t name_hash(const struct stats_acc *a, const char *key)
 {
-    uint64_t h = siphash24(&a->key, key, strlen(key)) ^ (uint64_t)scope * 0x9e3779b97f4a7c15ULL ^
-                 siphash24(&a->key, moneda, strlen(moneda)) * 31;
+    return siphash24(&a->key, key, strlen(key));
+}
+
+/* Entry hash from the name's hash, the scope and the currency (three
+ * letters, packed: no second hash needed). */
+static uint64_t entry_hash(uint64_t hk, int scope, const char *moneda)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < 3 && moneda[i] != '\0'; i++) {
+        m = m << 8 | (unsigned char)moneda[i];
+    }
+    uint64_t h = hk ^ (((uint64_t)scope << 24 | m) * 0x9e3779b97f4a7c15ULL);
     return h == 0 ? 1 : h;
 }
 
@@ -98,12 +109,13 @@ static void grow(struct stats_acc *a)
     free(old);
 }
 
-static struct entry *get(struct stats_acc *a, int scope, const char *key, const char *moneda)
+static struct entry *get(struct stats_acc *a, int scope, const char *key, uint64_t hk,
+                         const char *moneda)
 {
     if ((a->count + 1) * 4 > (a->mask + 1) * 3) {
         grow(a);
     }
-    uint64_t h = key_hash(a, scope, key, moneda);
+    uint64_t h = entry_hash(hk, scope, moneda);
     struct entry *x = find(a, scope, key, moneda, h);
     if (x->h == 0) {
         x->h = h;
@@ -118,7 +130,8 @@ static struct entry *get(struct stats_acc *a, int scope, const char *key, const 
 static void apply_scope(struct stats_acc *a, int scope, const char *key,
                         const struct tracking *t, int64_t recorded_at_us)
 {
-    struct entry *x = get(a, scope, key, "");
+    uint64_t hk = name_hash(a, key);
+    struct entry *x = get(a, scope, key, hk, "");
     if (t->kind == KIND_IMPRESION) {
         x->imp++;
     } else {
@@ -128,7 +141,7 @@ static void apply_scope(struct stats_acc *a, int scope, const char *key,
         x->last = recorded_at_us;
     }
     if (t->kind == KIND_CONVERSION) {
-        struct entry *v = get(a, scope, key, t->moneda);
+        struct entry *v = get(a, scope, key, hk, t->moneda);
         v->valor += t->valor;
         v->conv++;
     }
@@ -164,7 +177,7 @@ int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)
 bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *key,
                    int64_t *imp, int64_t *conv, int64_t *last_us)
 {
-    struct entry *x = find(a, (int)scope, key, "", key_hash(a, (int)scope, key, ""));
+    struct entry *x = find(a, (int)scope, key, "", entry_hash(name_hash(a, key), (int)scope, ""));
     if (x->h == 0) {
         return false;
     }
@@ -177,7 +190,7 @@ bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *k
 bool stats_acc_get_valor(const struct stats_acc *a, enum rm_scope scope, const char *key,
                          const char *moneda, __int128 *ticks)
 {
-    struct entry *x = find(a, (int)scope, key, moneda, key_hash(a, (int)scope, key, moneda));
+    struct entry *x = find(a, (int)scope, key, moneda, entry_hash(name_hash(a, key), (int)scope, moneda));
     if (x->h == 0) {
         return false;
     }
