@@ -12,9 +12,10 @@ LISTEN     ?= 127.0.0.1:8000
 DATA       ?= ./data
 WERROR     := $(if $(filter true 1,$(CI)),ON,OFF)
 
-# Debian packages the build, the tests and `make run` need.
+# Debian packages the build, the tests and `make run` need (prometheus: its
+# promtool checks the /metrics exposition in the tests).
 PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjson-dev \
-        python3 sqlite3
+        python3 sqlite3 prometheus
 # ... and the benchmark: the load generator, nginx as the HTTP ceiling, curl,
 # and the two other JSON libraries the JSON row compares cJSON with.
 BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev

@@ -50,7 +50,9 @@ static enum MHD_Result reply_accepted(struct req *r, const char *id, int64_t pos
 static enum MHD_Result finish(struct req *r)
 {
     struct commit_req *cr = &r->creq;
+    struct http_metrics *m = &r->srv->m;
     if (cr->status == ERR_OK) {
+        counter_add(&m->stored[r->cmd->kind], 1);
         return reply_accepted(r, r->cmd->id, cr->out.position);
     }
     if (cr->status == ERR_CONFLICT) {
@@ -66,8 +68,10 @@ static enum MHD_Result finish(struct req *r)
                                     "stored event for this id is unreadable", NULL);
         }
         if (tracking_same_payload(&stored, r->cmd)) {
+            counter_add(&m->rejected[REJ_DUPLICATE], 1);
             return reply_accepted(r, stored.id, cr->out.position);
         }
+        counter_add(&m->rejected[REJ_CONFLICT], 1);
         return http_reply_error(r, MHD_HTTP_CONFLICT,
                                 "id already used with a different payload", "id");
     }
@@ -184,6 +188,7 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
         return MHD_YES;
     }
     if (r->too_big) {
+        counter_add(&r->srv->m.rejected[REJ_INVALID], 1);
         return http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than 65536 bytes",
                                 "body");
     }
@@ -192,6 +197,7 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
     r->cmd = xmalloc(sizeof(*r->cmd));     /* only commands pay for its 4 KiB */
     if (tracking_parse_command(r->route.kind, r->body.p ? r->body.p : "", r->body.len, r->cmd,
                                &e) != ERR_OK) {
+        counter_add(&r->srv->m.rejected[REJ_INVALID], 1);
         return http_reply_error(r, MHD_HTTP_BAD_REQUEST, e.msg, e.field);
     }
     return submit(r);

@@ -57,6 +57,7 @@ static enum MHD_Result run_query(struct req *r)
     }
     struct buf out;
     buf_init(&out, 0);
+    int64_t t0 = time_mono_us();
     int rc = rm_read_begin(rm, &e);
     switch (rc != ERR_OK ? R_NONE : r->route.id) {
     case R_NONE:
@@ -73,6 +74,9 @@ static enum MHD_Result run_query(struct req *r)
     }
     rm_read_end(rm);
     http_rm_put(s, rm);
+    enum query_label ql = r->route.id == R_Q_BYID ? QL_BYID
+                          : r->route.id == R_Q_LIST ? QL_LIST : QL_STATS;
+    histogram_observe(&s->m.query_seconds[ql], (double)(time_mono_us() - t0) / 1e6);
     enum MHD_Result ret;
     if (rc == ERR_OK) {
         ret = http_reply(r, MHD_HTTP_OK, &out);

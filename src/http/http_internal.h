@@ -10,6 +10,7 @@
 #include <stdbool.h>
 
 #include "core/buf.h"
+#include "core/metrics.h"
 #include "domain/tracking.h"
 #include "http/router.h"
 #include "http/server.h"
@@ -21,6 +22,25 @@
 
 enum req_state { ST_NEW = 0, ST_BODY, ST_WAITING, ST_READY };
 
+/* Label values of rastro_http_requests_total. */
+enum route_label {
+    RL_CMD_IMP, RL_CMD_CONV, RL_HEALTH, RL_Q_HEALTH, RL_BYID, RL_LIST, RL_STATS, RL_METRICS,
+    RL_OTHER, RL__COUNT
+};
+enum status_label {
+    SL_200, SL_202, SL_400, SL_404, SL_405, SL_409, SL_413, SL_500, SL_503, SL_OTHER, SL__COUNT
+};
+enum reject_reason { REJ_DUPLICATE, REJ_CONFLICT, REJ_INVALID, REJ__COUNT };
+enum query_label { QL_BYID, QL_LIST, QL_STATS, QL__COUNT };
+
+struct http_metrics {
+    _Atomic uint64_t requests[RL__COUNT][SL__COUNT];
+    _Atomic int64_t in_flight;
+    _Atomic uint64_t stored[2];             /* by tracking_kind, answered 202 as new */
+    _Atomic uint64_t rejected[REJ__COUNT];
+    struct histogram query_seconds[QL__COUNT];
+};
+
 struct http_server {
     struct MHD_Daemon *d;
     struct http_deps deps;
@@ -29,6 +49,7 @@ struct http_server {
     size_t pool_n, pool_cap;
     atomic_int suspended;
     int64_t started_us;
+    struct http_metrics m;
 };
 
 struct req {
@@ -67,6 +88,7 @@ void http_resume(struct req *r);
 enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size);
 enum MHD_Result h_query(struct req *r);
 enum MHD_Result h_health(struct req *r);
+enum MHD_Result h_metrics(struct req *r);
 
 /* Read-model connection pool for the query threads. */
 struct readmodel *http_rm_get(struct http_server *s, struct err *e);

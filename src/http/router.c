@@ -121,7 +121,14 @@ int route_match(const char *method, const char *raw_path, struct route *out)
 {
     struct segs s;
     memset(out, 0, sizeof(*out));
-    if (!split(raw_path, &s) || s.count < 2 || !seg_is(&s, 0, "tracking")) {
+    if (!split(raw_path, &s)) {
+        return ERR_NOTFOUND;
+    }
+    if (s.count == 1 && seg_is(&s, 0, "metrics")) {
+        out->id = R_METRICS;
+        return method_check(method, "GET, HEAD", out);
+    }
+    if (s.count < 2 || !seg_is(&s, 0, "tracking")) {
         return ERR_NOTFOUND;
     }
     if (s.count == 2) {

@@ -26,6 +26,7 @@ enum route_id {
     R_Q_BYID,       /* GET /tracking/queries/{impresiones|conversiones}/{id} */
     R_Q_LIST,       /* GET /tracking/queries/{campañas|influencers}/{id}/{impresiones|conversiones} */
     R_Q_STATS,      /* GET /tracking/queries/{campañas|influencers}/{id}/estadisticas */
+    R_METRICS,      /* GET /metrics (Prometheus text format) */
 };
 
 #define ROUTE_KEY_MAX (ID_MAX * 2)

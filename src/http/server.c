@@ -29,8 +29,42 @@
 #include "core/xmalloc.h"
 #include "http/http_internal.h"
 
+static enum route_label route_label(const struct req *r)
+{
+    if (r->route_rc != ERR_OK && r->route_rc != ROUTE_BAD_METHOD) {
+        return RL_OTHER;
+    }
+    switch (r->route.id) {
+    case R_CMD: return r->route.kind == KIND_IMPRESION ? RL_CMD_IMP : RL_CMD_CONV;
+    case R_HEALTH: return RL_HEALTH;
+    case R_Q_HEALTH: return RL_Q_HEALTH;
+    case R_Q_BYID: return RL_BYID;
+    case R_Q_LIST: return RL_LIST;
+    case R_Q_STATS: return RL_STATS;
+    case R_METRICS: return RL_METRICS;
+    default: return RL_OTHER;
+    }
+}
+
+static enum status_label status_label(unsigned status)
+{
+    switch (status) {
+    case 200: return SL_200;
+    case 202: return SL_202;
+    case 400: return SL_400;
+    case 404: return SL_404;
+    case 405: return SL_405;
+    case 409: return SL_409;
+    case 413: return SL_413;
+    case 500: return SL_500;
+    case 503: return SL_503;
+    default: return SL_OTHER;
+    }
+}
+
 enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
 {
+    counter_add(&r->srv->m.requests[route_label(r)][status_label(status)], 1);
     size_t len = body->len;
     char *p = buf_take(body);
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
@@ -130,6 +164,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->conn = conn;
         r->pos_header = -1;
         r->route_rc = route_match(method, url, &r->route);
+        atomic_fetch_add_explicit(&r->srv->m.in_flight, 1, memory_order_relaxed);
         buf_init(&r->body, BODY_MAX);
         buf_init(&r->data, 0);
         buf_init(&r->meta, 0);
@@ -158,6 +193,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH) {
         return h_health(r);
     }
+    if (r->route.id == R_METRICS) {
+        return h_metrics(r);
+    }
     return h_query(r);
 }
 
@@ -171,6 +209,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r == NULL) {
         return;
     }
+    atomic_fetch_sub_explicit(&r->srv->m.in_flight, 1, memory_order_relaxed);
     free(r->cmd);
     buf_fini(&r->body);
     buf_fini(&r->data);
@@ -257,6 +296,11 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
     s->deps = *deps;
     s->started_us = time_mono_us();
     pthread_mutex_init(&s->pool_mu, NULL);
+    static const double query_bounds[] = { 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                           0.005, 0.01, 0.025, 0.1, 0.5 };
+    for (int i = 0; i < QL__COUNT; i++) {
+        histogram_init(&s->m.query_seconds[i], query_bounds, ARRAY_LEN(query_bounds));
+    }
     unsigned threads = deps->threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "core/timeutil.h"
 #include "core/xmalloc.h"
 
 struct committer {
@@ -28,6 +29,7 @@ struct committer {
     _Atomic int64_t pending;
     void (*on_commit)(void *, int64_t);
     void *on_commit_arg;
+    struct committer_metrics m;
     /* batch scratch */
     struct event_in *ev;
     struct append_out *out;
@@ -68,9 +70,18 @@ static void commit_batch(struct committer *c, size_t n)
     for (size_t i = 0; i < n; i++) {
         c->ev[i] = c->reqs[i]->ev;
     }
+    int64_t t0 = time_mono_us();
     int rc = evstore_append(c->store, c->ev, n, c->out, &e);
+    histogram_observe(&c->m.commit_seconds, (double)(time_mono_us() - t0) / 1e6);
+    histogram_observe(&c->m.batch_size, (double)n);
+    counter_add(&c->m.batches, 1);
     if (rc != ERR_OK) {
+        counter_add(&c->m.failed, n);
         log_error("append failed", "batch=%zu err=\"%s\"", n, e.msg);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            counter_add(c->out[i].status == ERR_OK ? &c->m.appended : &c->m.conflicts, 1);
+        }
     }
     int64_t head = 0;
     struct err he;
@@ -141,6 +152,11 @@ struct committer *committer_new(struct evstore *s, size_t max_batch)
     c->ev = xcalloc(c->max_batch, sizeof(*c->ev));
     c->out = xcalloc(c->max_batch, sizeof(*c->out));
     c->reqs = xcalloc(c->max_batch, sizeof(*c->reqs));
+    static const double size_bounds[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096 };
+    static const double secs_bounds[] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                          0.01, 0.025, 0.05, 0.1, 0.25, 1 };
+    histogram_init(&c->m.batch_size, size_bounds, ARRAY_LEN(size_bounds));
+    histogram_init(&c->m.commit_seconds, secs_bounds, ARRAY_LEN(secs_bounds));
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     int64_t head = 0;
@@ -182,6 +198,18 @@ void committer_set_listener(struct committer *c, void (*on_commit)(void *, int64
 {
     c->on_commit = on_commit;
     c->on_commit_arg = arg;
+}
+
+const struct committer_metrics *committer_get_metrics(struct committer *c)
+{
+    return &c->m;
+}
+
+int64_t committer_store_bytes(struct committer *c)
+{
+    int64_t bytes = 0;
+    struct err e;
+    return evstore_size_bytes(c->store, &bytes, &e) == ERR_OK ? bytes : -1;
 }
 
 int64_t committer_head(struct committer *c)

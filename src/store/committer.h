@@ -18,7 +18,18 @@
 
 #include <stdint.h>
 
+#include "core/metrics.h"
 #include "store/evstore.h"
+
+/* What the committer counts (read with relaxed loads, from any thread). */
+struct committer_metrics {
+    _Atomic uint64_t appended;      /* events written */
+    _Atomic uint64_t conflicts;     /* appends refused: the stream existed */
+    _Atomic uint64_t failed;        /* requests failed by an I/O error */
+    _Atomic uint64_t batches;
+    struct histogram batch_size;    /* requests per transaction */
+    struct histogram commit_seconds;    /* append + COMMIT (fsync) */
+};
 
 struct commit_req {
     struct event_in ev;         /* borrowed until done() is called */
@@ -48,6 +59,10 @@ void committer_set_listener(struct committer *c, void (*on_commit)(void *arg, in
 int64_t committer_head(struct committer *c);
 /* Requests submitted but not yet completed. */
 int64_t committer_pending(struct committer *c);
+
+const struct committer_metrics *committer_get_metrics(struct committer *c);
+/* Bytes the store takes on disk (thread-safe). */
+int64_t committer_store_bytes(struct committer *c);
 
 /* Frees what the committer attached to r (existing_data). */
 void commit_req_fini(struct commit_req *r);

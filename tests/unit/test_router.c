@@ -46,6 +46,9 @@ static void test_routes(void)
         { "GET", "", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
         { "GET", "tracking/health", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
         { "GET", "/nope", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
+        { "GET", "/metrics", ERR_OK, R_METRICS, -1, -1, NULL },
+        { "POST", "/metrics", ROUTE_BAD_METHOD, R_METRICS, -1, -1, NULL },
+        { "GET", "/metrics/x", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
         { "GET", "/tracking/queries/a/b/c/d/e/f/g/h/i", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {

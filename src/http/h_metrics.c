@@ -1,0 +1,177 @@
+/*
+ * h_metrics.c - GET /metrics: every counter rastro keeps, in the Prometheus
+ * text exposition format (version 0.0.4). Names follow the conventions:
+ * rastro_ prefix, _total for counters, _seconds and _bytes for units.
+ * Rendering reads relaxed atomics and a few file sizes; nothing locks the
+ * hot path.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/log.h"
+#include "core/timeutil.h"
+#include "http/http_internal.h"
+#include "proj/projections.h"
+
+static const char *const route_names[RL__COUNT] = {
+    [RL_CMD_IMP] = "POST /tracking/impresiones",
+    [RL_CMD_CONV] = "POST /tracking/conversiones",
+    [RL_HEALTH] = "/tracking/health",
+    [RL_Q_HEALTH] = "/tracking/queries/health",
+    [RL_BYID] = "/tracking/queries/{kind}/{id}",
+    [RL_LIST] = "/tracking/queries/{owner}/{id}/{kind}",
+    [RL_STATS] = "/tracking/queries/{owner}/{id}/estadisticas",
+    [RL_METRICS] = "/metrics",
+    [RL_OTHER] = "other",
+};
+static const char *const status_names[SL__COUNT] = {
+    "200", "202", "400", "404", "405", "409", "413", "500", "503", "other",
+};
+static const char *const reject_names[REJ__COUNT] = { "duplicate", "conflict", "invalid" };
+static const char *const query_names[QL__COUNT] = { "by_id", "list", "estadisticas" };
+
+static int64_t file_bytes(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+}
+
+/* The read-model file with its WAL. (Index files are not counted here.) */
+static int64_t rm_bytes(const char *path)
+{
+    char p[4200];
+    snprintf(p, sizeof(p), "%s-wal", path);
+    return file_bytes(path) + file_bytes(p);
+}
+
+static int render(struct http_server *s, struct buf *b)
+{
+    char lb[256];
+    int rc = ERR_OK;
+#define TRY(x) do { if (rc == ERR_OK) { rc = (x); } } while (0)
+    const struct committer_metrics *cm = committer_get_metrics(s->deps.committer);
+    const struct http_metrics *m = &s->m;
+    int64_t head = committer_head(s->deps.committer);
+    struct projector_stats ps;
+    projector_get_stats(s->deps.projector, &ps);
+
+    /* event store */
+    TRY(metrics_header(b, "rastro_events_stored_total", "counter",
+                       "Events appended to the event store by commands of this process, by type."));
+    TRY(metrics_sample_u64(b, "rastro_events_stored_total", "type=\"ImpresionRegistrada\"",
+                           atomic_load(&m->stored[KIND_IMPRESION])));
+    TRY(metrics_sample_u64(b, "rastro_events_stored_total", "type=\"ConversionRegistrada\"",
+                           atomic_load(&m->stored[KIND_CONVERSION])));
+    TRY(metrics_header(b, "rastro_store_position", "gauge",
+                       "Global position of the last committed event."));
+    TRY(metrics_sample(b, "rastro_store_position", NULL, (double)head));
+    TRY(metrics_header(b, "rastro_store_size_bytes", "gauge",
+                       "Bytes the event store takes on disk."));
+    TRY(metrics_sample(b, "rastro_store_size_bytes", NULL,
+                       (double)committer_store_bytes(s->deps.committer)));
+    TRY(metrics_header(b, "rastro_appends_rejected_total", "counter",
+                       "Commands not appended, by reason (duplicate: same id and payload again, "
+                       "answered with the first answer; conflict: same id, other payload; "
+                       "invalid: refused by validation)."));
+    for (int i = 0; i < REJ__COUNT; i++) {
+        snprintf(lb, sizeof(lb), "reason=\"%s\"", reject_names[i]);
+        TRY(metrics_sample_u64(b, "rastro_appends_rejected_total", lb, atomic_load(&m->rejected[i])));
+    }
+    TRY(metrics_header(b, "rastro_append_failures_total", "counter",
+                       "Commands failed by an event-store error (answered 503)."));
+    TRY(metrics_sample_u64(b, "rastro_append_failures_total", NULL, atomic_load(&cm->failed)));
+    TRY(metrics_header(b, "rastro_append_batch_size", "histogram",
+                       "Commands per group-commit transaction."));
+    TRY(metrics_histogram(b, "rastro_append_batch_size", NULL, &cm->batch_size));
+    TRY(metrics_header(b, "rastro_commit_duration_seconds", "histogram",
+                       "Time to append one batch and commit it durably (fsync included)."));
+    TRY(metrics_histogram(b, "rastro_commit_duration_seconds", NULL, &cm->commit_seconds));
+
+    /* projections */
+    TRY(metrics_header(b, "rastro_projection_position", "gauge",
+                       "Last event position applied by each projection."));
+    for (size_t i = 0; i < proj_count; i++) {
+        snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
+        TRY(metrics_sample(b, "rastro_projection_position", lb, (double)ps.position));
+    }
+    TRY(metrics_header(b, "rastro_projection_lag_events", "gauge",
+                       "Events committed to the store and not yet applied."));
+    TRY(metrics_sample(b, "rastro_projection_lag_events", NULL,
+                       (double)(head > ps.position ? head - ps.position : 0)));
+    TRY(metrics_header(b, "rastro_projection_lag_seconds", "gauge",
+                       "Time since the projector last had every committed event applied (0 when "
+                       "caught up)."));
+    TRY(metrics_sample(b, "rastro_projection_lag_seconds", NULL,
+                       (double)projector_lag_us(s->deps.projector, head) / 1e6));
+    TRY(metrics_header(b, "rastro_projection_events_applied_total", "counter",
+                       "Events applied to the read models."));
+    TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", NULL, (uint64_t)ps.applied));
+    TRY(metrics_header(b, "rastro_projection_events_skipped_total", "counter",
+                       "Events the projections skipped, by reason (unknown_type: from a newer "
+                       "version; invalid: data that does not decode)."));
+    TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"unknown_type\"",
+                           (uint64_t)ps.skipped));
+    TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
+                           (uint64_t)ps.invalid));
+    TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
+                       "Projection batches that failed and were retried."));
+    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", NULL, (uint64_t)ps.errors));
+    TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",
+                       "Bytes the read-model file (with its WAL) takes on disk."));
+    TRY(metrics_sample(b, "rastro_read_models_size_bytes", NULL,
+                       (double)rm_bytes(s->deps.rm_path)));
+
+    /* queries and HTTP */
+    TRY(metrics_header(b, "rastro_query_duration_seconds", "histogram",
+                       "Time to answer a query from the read models, by kind of query."));
+    for (int i = 0; i < QL__COUNT; i++) {
+        snprintf(lb, sizeof(lb), "query=\"%s\"", query_names[i]);
+        TRY(metrics_histogram(b, "rastro_query_duration_seconds", lb, &m->query_seconds[i]));
+    }
+    TRY(metrics_header(b, "rastro_http_requests_total", "counter",
+                       "HTTP requests answered, by route and status code."));
+    for (int rl = 0; rl < RL__COUNT; rl++) {
+        for (int sl = 0; sl < SL__COUNT; sl++) {
+            uint64_t v = atomic_load(&m->requests[rl][sl]);
+            if (v == 0) {
+                continue;
+            }
+            snprintf(lb, sizeof(lb), "route=\"%s\",code=\"%s\"", route_names[rl], status_names[sl]);
+            TRY(metrics_sample_u64(b, "rastro_http_requests_total", lb, v));
+        }
+    }
+    TRY(metrics_header(b, "rastro_http_requests_in_flight", "gauge",
+                       "HTTP requests being handled, this one included."));
+    TRY(metrics_sample(b, "rastro_http_requests_in_flight", NULL, (double)atomic_load(&m->in_flight)));
+    TRY(metrics_header(b, "rastro_uptime_seconds", "gauge", "Seconds since the server started."));
+    TRY(metrics_sample(b, "rastro_uptime_seconds", NULL,
+                       (double)(time_mono_us() - s->started_us) / 1e6));
+#undef TRY
+    return rc;
+}
+
+enum MHD_Result h_metrics(struct req *r)
+{
+    struct buf b;
+    buf_init(&b, 0);
+    int rc = render(r->srv, &b);
+    if (rc != ERR_OK) {
+        buf_fini(&b);
+        return http_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics", NULL);
+    }
+    size_t len = b.len;
+    char *p = buf_take(&b);
+    counter_add(&r->srv->m.requests[RL_METRICS][SL_200], 1);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
+    if (resp == NULL) {
+        free(p);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}

@@ -1,0 +1,97 @@
+"""
+End-to-end tests of GET /metrics: the Prometheus text format passes
+`promtool check metrics` (Debian's prometheus package), and the counters
+move by exactly what the requests did.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import K_CAMPANA, ServerTestCase  # noqa: E402
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def parse(text):
+    """name{labels} -> value, for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        out[key] = float(value)
+    return out
+
+
+class MetricsTest(ServerTestCase):
+
+    def scrape(self):
+        status, headers, _, raw = self.server.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers.get("content-type", "").startswith("text/plain"),
+                        headers.get("content-type"))
+        return raw.decode("utf-8")
+
+    def test_promtool_accepts_the_exposition(self):
+        self.post_ok("imp", {K_CAMPANA: "m-c"})
+        self.server.request("GET", "/tracking/queries/campanas/m-c/estadisticas")
+        text = self.scrape()
+        self.assertTrue(os.path.exists(PROMTOOL), "promtool missing (Debian package prometheus)")
+        p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=60)
+        self.assertEqual(p.returncode, 0, "promtool: %s %s" % (p.stdout, p.stderr))
+        for name in ("rastro_events_stored_total", "rastro_store_size_bytes",
+                     "rastro_append_batch_size_bucket", "rastro_commit_duration_seconds_count",
+                     "rastro_appends_rejected_total", "rastro_query_duration_seconds_bucket",
+                     "rastro_projection_position", "rastro_projection_lag_events",
+                     "rastro_projection_lag_seconds", "rastro_projection_events_applied_total",
+                     "rastro_projection_events_skipped_total", "rastro_http_requests_total",
+                     "rastro_http_requests_in_flight", "rastro_read_models_size_bytes"):
+            self.assertIn("\n" + name, "\n" + text, "missing %s" % name)
+
+    def test_counters_move_by_exactly_what_happened(self):
+        before = parse(self.scrape())
+        head = 0
+        for i in range(5):
+            head = self.post_ok("imp", {"id": "mi-%d" % i, K_CAMPANA: "m-x"})["position"]
+        for i in range(3):
+            head = self.post_ok("conv", {"id": "mc-%d" % i, K_CAMPANA: "m-x", "valor": 1})["position"]
+        self.post_ok("imp", {"id": "mi-0", K_CAMPANA: "m-x"})                   # duplicate
+        status, _, _, _ = self.server.post("imp", {"id": "mi-0", K_CAMPANA: "other"})
+        self.assertEqual(status, 409)                                           # conflict
+        for body in ({}, {K_CAMPANA: "m-x", "ip_address": "nope"}):
+            status, _, _, _ = self.server.post("imp", body)
+            self.assertEqual(status, 400)                                       # invalid x2
+        self.query("/tracking/queries/impresiones/mi-1", min_position=head)
+        after = parse(self.scrape())
+
+        def delta(key):
+            return after.get(key, 0) - before.get(key, 0)
+
+        self.assertEqual(delta('rastro_events_stored_total{type="ImpresionRegistrada"}'), 5)
+        self.assertEqual(delta('rastro_events_stored_total{type="ConversionRegistrada"}'), 3)
+        self.assertEqual(delta('rastro_appends_rejected_total{reason="duplicate"}'), 1)
+        self.assertEqual(delta('rastro_appends_rejected_total{reason="conflict"}'), 1)
+        self.assertEqual(delta('rastro_appends_rejected_total{reason="invalid"}'), 2)
+        self.assertEqual(delta("rastro_store_position"), 8)
+        self.assertEqual(delta("rastro_projection_events_applied_total"), 8)
+        self.assertEqual(after["rastro_projection_lag_events"], 0)
+        self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/impresiones",'
+                               'code="202"}'), 6)
+        self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/impresiones",'
+                               'code="400"}'), 2)
+        self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/conversiones",'
+                               'code="202"}'), 3)
+        self.assertEqual(delta('rastro_query_duration_seconds_count{query="by_id"}'), 1)
+        # 10 appends were attempted (8 new, 2 refused by the store): every one in a batch
+        self.assertEqual(delta("rastro_append_batch_size_sum"), 10)
+        self.assertGreaterEqual(after["rastro_store_size_bytes"], 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
