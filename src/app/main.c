@@ -17,6 +17,7 @@ static const char usage[] =
     "\n"
     "Usage:\n"
     "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
+    "                 [--ready-max-lag N]\n"
     "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
     "      and queries (GET /tracking/queries/...). Answers 202 only once the event is\n"
     "      durable on disk. SIGTERM/SIGINT: finish commits in flight, catch up, exit 0.\n"
@@ -27,11 +28,16 @@ static const char usage[] =
     "      Print the event log (the audit trail) as JSON lines, one event a line.\n"
     "  rastro --help | --version\n"
     "\n"
+    "Probes: GET /health/live, GET /health/ready, GET /tracking/queries/estado,\n"
+    "GET /metrics (Prometheus).\n"
+    "\n"
     "Options:\n"
     "  --listen ADDR:PORT  where to listen (env RASTRO_LISTEN; default 127.0.0.1:8000)\n"
     "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
     "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
+    "  --ready-max-lag N   /health/ready fails when projections are more than N events\n"
+    "                      behind the store (default 10000)\n"
     "  --log-level L       debug, info, warn or error (env RASTRO_LOG_LEVEL; default info)\n"
     "  --from POS          events: first position to print (default 1)\n"
     "  --limit N           events: print at most N events\n"
@@ -76,6 +82,7 @@ int main(int argc, char **argv)
         .data = env_or("RASTRO_DATA", "./data"),
         .store = env_or("RASTRO_STORE", "sqlite"),
         .threads = 0,
+        .ready_max_lag = 10000,
         .from = 1,
         .limit = -1,
     };
@@ -85,6 +92,7 @@ int main(int argc, char **argv)
         { "data", required_argument, NULL, 'd' },
         { "store", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 'j' },
+        { "ready-max-lag", required_argument, NULL, 'R' },
         { "log-level", required_argument, NULL, 'L' },
         { "from", required_argument, NULL, 'f' },
         { "limit", required_argument, NULL, 'n' },
@@ -109,6 +117,11 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.threads = (unsigned)v;
+            break;
+        case 'R':
+            if (parse_i64(optarg, "--ready-max-lag", 0, &cfg.ready_max_lag) != 0) {
+                return 2;
+            }
             break;
         case 'f':
             if (parse_i64(optarg, "--from", 1, &cfg.from) != 0) {

@@ -136,6 +136,7 @@ int service_serve(const struct config *cfg)
     }
     struct http_deps deps = {
         .committer = committer, .projector = proj, .rm_path = rm_path, .threads = cfg->threads,
+        .ready_max_lag = cfg->ready_max_lag,
     };
     if (http_start(cfg->listen, &deps, &http, &e) != ERR_OK) {
         log_error("cannot start HTTP server", "err=\"%s\"", e.msg);

@@ -12,6 +12,7 @@ struct config {
     const char *data;       /* data folder */
     const char *store;      /* event store spec ("sqlite") */
     unsigned threads;       /* HTTP threads, 0 = CPUs */
+    int64_t ready_max_lag;  /* /health/ready: projections at most this many events behind */
     /* events */
     int64_t from;
     int64_t limit;          /* -1 = all */

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "http/http_internal.h"
+#include "proj/projections.h"
 
 #define LIMIT_DEFAULT 100
 #define LIMIT_MAX 1000
@@ -127,17 +128,56 @@ enum MHD_Result h_query(struct req *r)
     return MHD_YES;
 }
 
+/* /tracking/queries/estado: store position, each projection's position
+ * and lag, sizes, uptime, version. */
+static void estado(struct http_server *s, struct jsonw *w, int64_t head, int64_t pos)
+{
+    struct projector_stats ps;
+    projector_get_stats(s->deps.projector, &ps);
+    jsonw_kint(w, "store_position", head);
+    jsonw_kint(w, "store_size_bytes", committer_store_bytes(s->deps.committer));
+    jsonw_key(w, "projections");
+    jsonw_arr_open(w);
+    for (size_t i = 0; i < proj_count; i++) {
+        jsonw_obj_open(w);
+        jsonw_kstr(w, "name", proj_names[i]);
+        jsonw_kint(w, "position", pos);
+        jsonw_kint(w, "lag_events", head > pos ? head - pos : 0);
+        jsonw_kint(w, "lag_ms", projector_lag_us(s->deps.projector, head) / 1000);
+        jsonw_obj_close(w);
+    }
+    jsonw_arr_close(w);
+    jsonw_kint(w, "events_applied", ps.applied);
+    jsonw_kint(w, "events_skipped", ps.skipped + ps.invalid);
+    jsonw_kint(w, "projection_errors", ps.errors);
+}
+
 enum MHD_Result h_health(struct req *r)
 {
     struct http_server *s = r->srv;
     int64_t head = committer_head(s->deps.committer);
     int64_t pos = projector_position(s->deps.projector);
+    unsigned status = MHD_HTTP_OK;
     struct buf b;
     struct jsonw w;
     buf_init(&b, 0);
     jsonw_init(&w, &b);
     jsonw_obj_open(&w);
-    jsonw_kstr(&w, "status", "ok");
+    if (r->route.id == R_READY) {
+        /* ready: the store answers (the committer runs) and the read models
+         * are within ready_max_lag events of it */
+        int64_t lag = head > pos ? head - pos : 0;
+        bool ready = lag <= s->deps.ready_max_lag;
+        status = ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
+        if (!ready) {
+            r->retry_after = 1;
+        }
+        jsonw_kstr(&w, "status", ready ? "ready" : "not ready");
+        jsonw_kint(&w, "lag_events", lag);
+        jsonw_kint(&w, "max_lag_events", s->deps.ready_max_lag);
+    } else {
+        jsonw_kstr(&w, "status", "ok");
+    }
     jsonw_kstr(&w, "version", RASTRO_VERSION);
     if (r->route.id == R_Q_HEALTH) {
         r->pos_header = pos;
@@ -145,13 +185,16 @@ enum MHD_Result h_health(struct req *r)
         jsonw_kint(&w, "store_position", head);
         jsonw_kint(&w, "lag_events", head > pos ? head - pos : 0);
         jsonw_kint(&w, "lag_ms", projector_lag_us(s->deps.projector, head) / 1000);
-    } else {
+    } else if (r->route.id == R_Q_ESTADO) {
+        r->pos_header = pos;
+        estado(s, &w, head, pos);
+    } else if (r->route.id == R_HEALTH) {
         jsonw_kint(&w, "store_position", head);
         jsonw_kint(&w, "pending_commits", committer_pending(s->deps.committer));
     }
     jsonw_kint(&w, "uptime_seconds", (time_mono_us() - s->started_us) / 1000000);
     jsonw_obj_close(&w);
-    enum MHD_Result ret = http_reply(r, MHD_HTTP_OK, &b);
+    enum MHD_Result ret = http_reply(r, status, &b);
     buf_fini(&b);
     return ret;
 }

@@ -128,6 +128,11 @@ int route_match(const char *method, const char *raw_path, struct route *out)
         out->id = R_METRICS;
         return method_check(method, "GET, HEAD", out);
     }
+    if (s.count == 2 && seg_is(&s, 0, "health") &&
+        (seg_is(&s, 1, "live") || seg_is(&s, 1, "ready"))) {
+        out->id = seg_is(&s, 1, "live") ? R_LIVE : R_READY;
+        return method_check(method, "GET, HEAD", out);
+    }
     if (s.count < 2 || !seg_is(&s, 0, "tracking")) {
         return ERR_NOTFOUND;
     }
@@ -146,8 +151,8 @@ int route_match(const char *method, const char *raw_path, struct route *out)
     if (!seg_is(&s, 1, "queries")) {
         return ERR_NOTFOUND;
     }
-    if (s.count == 3 && seg_is(&s, 2, "health")) {
-        out->id = R_Q_HEALTH;
+    if (s.count == 3 && (seg_is(&s, 2, "health") || seg_is(&s, 2, "estado"))) {
+        out->id = seg_is(&s, 2, "health") ? R_Q_HEALTH : R_Q_ESTADO;
         return method_check(method, "GET, HEAD", out);
     }
     if (s.count == 4 && (seg_is(&s, 2, "impresiones") || seg_is(&s, 2, "conversiones"))) {

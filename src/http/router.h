@@ -27,6 +27,9 @@ enum route_id {
     R_Q_LIST,       /* GET /tracking/queries/{campañas|influencers}/{id}/{impresiones|conversiones} */
     R_Q_STATS,      /* GET /tracking/queries/{campañas|influencers}/{id}/estadisticas */
     R_METRICS,      /* GET /metrics (Prometheus text format) */
+    R_LIVE,         /* GET /health/live */
+    R_READY,        /* GET /health/ready */
+    R_Q_ESTADO,     /* GET /tracking/queries/estado */
 };
 
 #define ROUTE_KEY_MAX (ID_MAX * 2)

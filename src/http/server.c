@@ -36,7 +36,10 @@ static enum route_label route_label(const struct req *r)
     }
     switch (r->route.id) {
     case R_CMD: return r->route.kind == KIND_IMPRESION ? RL_CMD_IMP : RL_CMD_CONV;
-    case R_HEALTH: return RL_HEALTH;
+    case R_HEALTH:
+    case R_LIVE:
+    case R_READY:
+    case R_Q_ESTADO: return RL_HEALTH;
     case R_Q_HEALTH: return RL_Q_HEALTH;
     case R_Q_BYID: return RL_BYID;
     case R_Q_LIST: return RL_LIST;
@@ -190,7 +193,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     default:
         return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not found", NULL);
     }
-    if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH) {
+    if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH || r->route.id == R_LIVE ||
+        r->route.id == R_READY || r->route.id == R_Q_ESTADO) {
         return h_health(r);
     }
     if (r->route.id == R_METRICS) {

@@ -17,6 +17,7 @@ struct http_deps {
     struct projector *projector;
     const char *rm_path;            /* read-model file the query threads open */
     unsigned threads;               /* 0 = number of CPUs */
+    int64_t ready_max_lag;          /* /health/ready: at most this many events behind */
 };
 
 struct http_server;

@@ -207,7 +207,8 @@ class Server:
 
     current = None
 
-    def __init__(self, data_dir=None):
+    def __init__(self, data_dir=None, extra_args=()):
+        self.extra_args = list(extra_args)
         self.work_dir = tempfile.mkdtemp(prefix="rastro-e2e-")
         self.owns_data = data_dir is None
         self.data_dir = data_dir if data_dir is not None else tempfile.mkdtemp(
@@ -225,7 +226,8 @@ class Server:
         self._starts += 1
         self.log_path = os.path.join(self.work_dir, "server-%d.log" % self._starts)
         self._log_file = open(self.log_path, "wb")
-        cmd = [BIN, "serve", "--listen", "%s:%d" % (HOST, self.port), "--data", self.data_dir]
+        cmd = [BIN, "serve", "--listen", "%s:%d" % (HOST, self.port), "--data",
+               self.data_dir] + self.extra_args
         self._log_file.write(("$ " + " ".join(cmd) + "\n").encode())
         self._log_file.flush()
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,

@@ -12,7 +12,10 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, ServerTestCase  # noqa: E402
+import sqlite3  # noqa: E402
+import time  # noqa: E402
+
+from harness import K_CAMPANA, Server, ServerTestCase, http_request  # noqa: E402
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -91,6 +94,66 @@ class MetricsTest(ServerTestCase):
         # 10 appends were attempted (8 new, 2 refused by the store): every one in a batch
         self.assertEqual(delta("rastro_append_batch_size_sum"), 10)
         self.assertGreaterEqual(after["rastro_store_size_bytes"], 1)
+
+
+class ProbesTest(unittest.TestCase):
+    """/health/live, /health/ready (with a lag bound) and /tracking/queries/estado."""
+
+    def setUp(self):
+        self.srv = Server(extra_args=["--ready-max-lag", "0"]).start()
+
+    def tearDown(self):
+        if self.srv.running():
+            self.srv.stop()
+        self.srv.cleanup()
+
+    def get(self, path):
+        status, headers, js, raw = http_request(self.srv.port, "GET", path)
+        self.assertIsInstance(js, dict, raw[:200])
+        return status, headers, js
+
+    def test_live_ready_and_estado(self):
+        status, _, js = self.get("/health/live")
+        self.assertEqual((status, js["status"]), (200, "ok"))
+        status, _, js = self.get("/health/ready")
+        self.assertEqual((status, js["status"]), (200, "ready"))
+
+        # projections held back (another process write-locks the read models):
+        # one event behind is not ready with --ready-max-lag 0
+        lock = sqlite3.connect(os.path.join(self.srv.data_dir, "readmodels.db"), timeout=5,
+                               isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")
+            status, _, js, _ = self.srv.post("imp", {"id": "p-1", K_CAMPANA: "p"})
+            self.assertEqual(status, 202)
+            status, headers, js = self.get("/health/ready")
+            self.assertEqual(status, 503, js)
+            self.assertEqual(js["lag_events"], 1)
+            self.assertIn("retry-after", headers)
+            status, _, js = self.get("/health/live")
+            self.assertEqual(status, 200, "live does not depend on the projections")
+            status, _, js = self.get("/tracking/queries/estado")
+            self.assertEqual(status, 200)
+            self.assertEqual(js["store_position"], 1)
+            names = sorted(p["name"] for p in js["projections"])
+            self.assertEqual(names, ["conversiones", "estadisticas_campana",
+                                     "estadisticas_influencer", "impresiones"])
+            self.assertTrue(all(p["lag_events"] == 1 for p in js["projections"]), js)
+            self.assertGreater(js["store_size_bytes"], 0)
+            self.assertEqual(js["version"], js["version"].strip())
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, _, js = self.get("/health/ready")
+            if status == 200:
+                break
+            time.sleep(0.05)
+        self.assertEqual(status, 200, "ready again once the projections caught up")
+        status, _, js = self.get("/tracking/queries/estado")
+        self.assertTrue(all(p["lag_events"] == 0 and p["position"] == 1
+                            for p in js["projections"]), js)
 
 
 if __name__ == "__main__":

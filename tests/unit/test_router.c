@@ -49,6 +49,11 @@ static void test_routes(void)
         { "GET", "/metrics", ERR_OK, R_METRICS, -1, -1, NULL },
         { "POST", "/metrics", ROUTE_BAD_METHOD, R_METRICS, -1, -1, NULL },
         { "GET", "/metrics/x", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
+        { "GET", "/health/live", ERR_OK, R_LIVE, -1, -1, NULL },
+        { "GET", "/health/ready", ERR_OK, R_READY, -1, -1, NULL },
+        { "POST", "/health/ready", ROUTE_BAD_METHOD, R_READY, -1, -1, NULL },
+        { "GET", "/health/other", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
+        { "GET", "/tracking/queries/estado", ERR_OK, R_Q_ESTADO, -1, -1, NULL },
         { "GET", "/tracking/queries/a/b/c/d/e/f/g/h/i", ERR_NOTFOUND, R_NONE, -1, -1, NULL },
     };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
