@@ -26,6 +26,9 @@ static const char usage[] =
     "      atomically. The server must be stopped.\n"
     "  rastro events  [--data DIR] [--from POS] [--limit N] [--stream ID] [--type T]\n"
     "      Print the event log (the audit trail) as JSON lines, one event a line.\n"
+    "  rastro verify  [--data DIR]\n"
+    "      Recompute every read model from the log (up to the stored checkpoint) and\n"
+    "      compare row by row; prints each difference; exit 1 if any. The server may run.\n"
     "  rastro --help | --version\n"
     "\n"
     "Probes: GET /health/live, GET /health/ready, GET /tracking/queries/estado,\n"
@@ -160,6 +163,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "events") == 0) {
         return service_events(&cfg);
+    }
+    if (strcmp(cmd, "verify") == 0) {
+        return service_verify(&cfg);
     }
     fprintf(stderr, "rastro: unknown command '%s'. Try 'rastro --help'.\n", cmd);
     return 2;

@@ -29,6 +29,7 @@
 #include "core/timeutil.h"
 #include "http/server.h"
 #include "proj/projector.h"
+#include "read/readmodel.h"
 #include "store/committer.h"
 #include "store/evstore.h"
 
@@ -175,7 +176,7 @@ out:
 /* Removes path and its -wal and -shm companions. */
 static void remove_db(const char *path)
 {
-    char p[4200];
+    char p[4500];
     unlink(path);
     snprintf(p, sizeof(p), "%s-wal", path);
     unlink(p);
@@ -342,4 +343,77 @@ int service_events(const struct config *cfg)
         return 1;
     }
     return 0;
+}
+
+struct verify_ctx {
+    const struct config *cfg;
+    char tmp[4096];
+};
+
+/* Rebuilds read models from the log up to upto into a scratch file. */
+static int verify_build(int64_t upto, char *fresh, size_t max, void *arg, struct err *e)
+{
+    struct verify_ctx *v = arg;
+    struct projector *p = NULL;
+    remove_db(v->tmp);
+    int rc = projector_new(v->cfg->store, v->cfg->data, v->tmp, NULL, PROJ_BULK, &p, e);
+    if (rc == ERR_OK) {
+        rc = projector_run_to(p, upto, e);
+    }
+    projector_free(p);
+    snprintf(fresh, max, "%s", v->tmp);
+    return rc;
+}
+
+/* Removes the scratch read models and the index files of their generation. */
+static void remove_scratch(const char *dir, const char *path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char gen[64] = "";
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k='generation'", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(gen, sizeof(gen), "%s", (const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    remove_db(path);
+    if (gen[0] != '\0') {
+        static const char *const ext[] = { "ids", "lists" };
+        for (size_t i = 0; i < 2; i++) {
+            char p[4400];
+            snprintf(p, sizeof(p), "%s/rm-%s.%s", dir, gen, ext[i]);
+            remove_db(p);
+        }
+    }
+}
+
+int service_verify(const struct config *cfg)
+{
+    char rm_path[4096];
+    struct stat st;
+    if (path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path)) != 0) {
+        return 2;
+    }
+    if (stat(rm_path, &st) != 0) {
+        fprintf(stderr, "rastro: no read models in %s (nothing to verify)\n", cfg->data);
+        return 2;
+    }
+    struct verify_ctx v = { .cfg = cfg };
+    snprintf(v.tmp, sizeof(v.tmp), "%s/readmodels.db.verify-%ld", cfg->data, (long)getpid());
+    struct err e;
+    err_clear(&e);
+    int64_t diffs = 0;
+    int64_t t0 = time_mono_us();
+    int rc = rm_verify(rm_path, verify_build, &v, stdout, &diffs, &e);
+    remove_scratch(cfg->data, v.tmp);
+    if (rc != ERR_OK) {
+        fprintf(stderr, "rastro: verify failed: %s\n", e.msg);
+        return 2;
+    }
+    printf("%s: %lld difference%s (%.1f s)\n", diffs == 0 ? "consistent" : "INCONSISTENT",
+           (long long)diffs, diffs == 1 ? "" : "s", (double)(time_mono_us() - t0) / 1e6);
+    return diffs == 0 ? 0 : 1;
 }

@@ -23,5 +23,7 @@ struct config {
 int service_serve(const struct config *cfg);
 int service_rebuild(const struct config *cfg);
 int service_events(const struct config *cfg);
+/* 0 consistent, 1 differences found (printed), 2 could not check. */
+int service_verify(const struct config *cfg);
 
 #endif

@@ -33,6 +33,7 @@ struct projector {
     struct stats_acc *acc;
     struct bus *bus;
     bool bulk;
+    int64_t stop_at;                /* run_to: apply nothing past this position */
     pthread_t thread;
     bool started;
     atomic_bool stopping;
@@ -124,7 +125,11 @@ static int step(struct projector *p, struct err *e)
     if (rc != ERR_OK) {
         return rc;
     }
-    rc = evstore_read(p->store, from + 1, p->bulk ? BULK_BATCH_MAX : BATCH_MAX, apply_cb, p, e);
+    int64_t max = p->bulk ? BULK_BATCH_MAX : BATCH_MAX;
+    if (p->stop_at - from < max) {
+        max = p->stop_at - from;
+    }
+    rc = max > 0 ? evstore_read(p->store, from + 1, (size_t)max, apply_cb, p, e) : 0;
     if (rc < 0) {
         goto fail;
     }
@@ -168,6 +173,12 @@ fail:
 
 int projector_run_to_head(struct projector *p, struct err *e)
 {
+    return projector_run_to(p, INT64_MAX, e);
+}
+
+int projector_run_to(struct projector *p, int64_t upto, struct err *e)
+{
+    p->stop_at = upto;
     for (;;) {
         int n = step(p, e);
         if (n < 0) {
@@ -258,6 +269,7 @@ int projector_new(const char *store_spec, const char *data_dir, const char *rm_p
 {
     struct projector *p = xcalloc(1, sizeof(*p));
     p->bulk = (flags & PROJ_BULK) != 0;
+    p->stop_at = INT64_MAX;
     pthread_mutex_init(&p->mu, NULL);
     p->bus = bus;
     p->acc = stats_acc_new();

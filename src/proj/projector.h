@@ -70,6 +70,8 @@ void projector_get_stats(struct projector *p, struct projector_stats *out);
 /* Applies everything up to the store's head on the calling thread (used by
  * `rastro rebuild`); returns ERR_OK once caught up. */
 int projector_run_to_head(struct projector *p, struct err *e) WARN_UNUSED;
+/* The same, stopping at position upto (`rastro verify`). */
+int projector_run_to(struct projector *p, int64_t upto, struct err *e) WARN_UNUSED;
 
 /* Registers w; if the position already reached w->min_position, calls
  * w->wake(w) at once (on the caller's thread) instead. */

@@ -32,6 +32,7 @@
 #define RASTRO_READ_READMODEL_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "core/buf.h"
 #include "core/err.h"
@@ -93,6 +94,17 @@ int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
                    struct buf *out, struct err *e) WARN_UNUSED;
 /* The position the read models reflect (the projector's checkpoint). */
 int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e) WARN_UNUSED;
+
+/*
+ * Checks the read models at live_path against the log: holds one snapshot,
+ * calls build(upto) to rebuild fresh read models up to that snapshot's
+ * checkpoint (writing their path into fresh_path), compares every table
+ * row by row, writes each difference and a per-table count and checksum to
+ * out, and sets *diffs. Memory stays flat. Defined in rm_verify.c.
+ */
+int rm_verify(const char *live_path,
+              int (*build)(int64_t upto, char *fresh_path, size_t max, void *arg, struct err *e),
+              void *arg, FILE *out, int64_t *diffs, struct err *e) WARN_UNUSED;
 
 /* Exact 128-bit money text helpers (ten-thousandths). */
 void money_format(__int128 ticks, char *out, size_t max);      /* "12.5" */

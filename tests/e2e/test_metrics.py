@@ -156,5 +156,55 @@ class ProbesTest(unittest.TestCase):
                             for p in js["projections"]), js)
 
 
+class VerifyTest(unittest.TestCase):
+    """`rastro verify` recomputes the read models from the log and finds a
+    row tampered with directly in the read-model file."""
+
+    def test_verify_finds_tampering(self):
+        from harness import rastro
+        srv = Server().start()
+        try:
+            head = 0
+            for i in range(30):
+                kind = "imp" if i % 3 else "conv"
+                body = {"id": "v-%d" % i, K_CAMPANA: "v-c%d" % (i % 4),
+                        "influencer_id": "v-i%d" % (i % 2)}
+                if kind == "conv":
+                    body.update(valor="%d.5" % i, moneda="EUR")
+                status, _, js, raw = srv.post(kind, body)
+                self.assertEqual(status, 202, raw)
+                head = js["position"]
+            status, _, _, _ = srv.request("GET", "/tracking/queries/impresiones/v-1?min_position=%d"
+                                          % head)
+            self.assertEqual(status, 200)
+            # consistent, with the server still running
+            p = rastro("verify", "--data", srv.data_dir)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertIn("consistent: 0 differences", p.stdout)
+            self.assertIn("verifying read models at position %d" % head, p.stdout)
+            self.assertEqual(srv.stop(), 0)
+
+            db = sqlite3.connect(os.path.join(srv.data_dir, "readmodels.db"))
+            db.execute("UPDATE stats SET impresiones = impresiones + 1"
+                       " WHERE scope = 0 AND key = 'v-c1'")
+            db.execute("UPDATE impresiones SET user_agent = 'forged' WHERE id = 'v-2'")
+            db.execute("DELETE FROM conversiones WHERE id = 'v-3'")
+            db.commit()
+            db.close()
+            p = rastro("verify", "--data", srv.data_dir)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            out = p.stdout
+            self.assertIn("INCONSISTENT: 3 differences", out)
+            self.assertRegex(out, r"stats 0/v-c1: differs")
+            self.assertRegex(out, r"impresiones \d+: differs \(stored [^)]*forged")
+            self.assertRegex(out, r"conversiones \d+: missing row")
+            leftovers = [f for f in os.listdir(srv.data_dir) if "verify" in f]
+            self.assertEqual(leftovers, [], "verify must clean up its scratch files")
+        finally:
+            if srv.running():
+                srv.kill()
+            srv.cleanup()
+
+
 if __name__ == "__main__":
     unittest.main()
