@@ -206,5 +206,67 @@ class VerifyTest(unittest.TestCase):
             srv.cleanup()
 
 
+class PrometheusScrapeTest(unittest.TestCase):
+    """A real Prometheus server (Debian's), started here on loopback with a
+    scrape config of its own, scrapes a running rastro; a query through
+    Prometheus's HTTP API returns the right count of stored events."""
+
+    def test_prometheus_scrapes_rastro(self):
+        import json
+        import tempfile
+        import urllib.parse
+        from harness import free_port
+        prom = shutil.which("prometheus") or "/usr/bin/prometheus"
+        self.assertTrue(os.path.exists(prom), "prometheus missing (Debian package prometheus)")
+        srv = Server().start()
+        work = tempfile.mkdtemp(prefix="rastro-prom-")
+        proc = None
+        log = None
+        try:
+            for i in range(7):
+                status, _, _, _ = srv.post("imp", {"id": "pr-%d" % i, K_CAMPANA: "pr"})
+                self.assertEqual(status, 202)
+            port = free_port()
+            cfg = os.path.join(work, "prometheus.yml")
+            with open(cfg, "w") as f:
+                f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                        "scrape_configs:\n  - job_name: rastro\n    static_configs:\n"
+                        "      - targets: ['127.0.0.1:%d']\n" % srv.port)
+            log = open(os.path.join(work, "prometheus.log"), "wb")
+            proc = subprocess.Popen(
+                [prom, "--config.file=" + cfg, "--storage.tsdb.path=" + os.path.join(work, "data"),
+                 "--web.listen-address=127.0.0.1:%d" % port, "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            query = 'rastro_events_stored_total{type="ImpresionRegistrada"}'
+            url = "/api/v1/query?query=" + urllib.parse.quote(query)
+            value, deadline = None, time.monotonic() + 60
+            while time.monotonic() < deadline and value != 7:
+                time.sleep(0.5)
+                try:
+                    status, _, js, _ = http_request(port, "GET", url, timeout=5)
+                except OSError:
+                    continue
+                if status == 200 and js and js.get("data", {}).get("result"):
+                    value = int(float(js["data"]["result"][0]["value"][1]))
+            self.assertEqual(value, 7, "Prometheus's answer for %s" % query)
+            status, _, js, _ = http_request(port, "GET", "/api/v1/targets", timeout=5)
+            health = [t["health"] for t in js["data"]["activeTargets"]]
+            self.assertEqual(health, ["up"], json.dumps(js)[:500])
+        finally:
+            if proc is not None:
+                proc.terminate()            # our Prometheus, by its PID
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if log is not None:
+                log.close()
+            if srv.running():
+                srv.stop()
+            srv.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     unittest.main()
