@@ -123,7 +123,7 @@ static int step(struct projector *p, struct err *e)
     p->batch_err = ERR_OK;
     int rc = rm_begin(p->rm, e);
     if (rc != ERR_OK) {
-        return rc;
+        goto fail;      /* e.g. another process holds the write lock: counted, retried */
     }
     int64_t max = p->bulk ? BULK_BATCH_MAX : BATCH_MAX;
     if (p->stop_at - from < max) {

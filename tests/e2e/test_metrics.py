@@ -141,6 +141,11 @@ class ProbesTest(unittest.TestCase):
             self.assertTrue(all(p["lag_events"] == 1 for p in js["projections"]), js)
             self.assertGreater(js["store_size_bytes"], 0)
             self.assertEqual(js["version"], js["version"].strip())
+            status, _, _, raw = http_request(self.srv.port, "GET", "/metrics")
+            m = parse(raw.decode())
+            self.assertEqual(m["rastro_projection_lag_events"], 1)
+            self.assertGreater(m["rastro_projection_lag_seconds"], 0)
+            time.sleep(0.5)     # the projector's write attempts (100 ms each) fail meanwhile
         finally:
             lock.execute("ROLLBACK")
             lock.close()
@@ -154,6 +159,12 @@ class ProbesTest(unittest.TestCase):
         status, _, js = self.get("/tracking/queries/estado")
         self.assertTrue(all(p["lag_events"] == 0 and p["position"] == 1
                             for p in js["projections"]), js)
+        status, _, _, raw = http_request(self.srv.port, "GET", "/metrics")
+        m = parse(raw.decode())
+        self.assertEqual(m["rastro_projection_lag_events"], 0)
+        self.assertEqual(m["rastro_projection_lag_seconds"], 0)
+        self.assertGreaterEqual(m["rastro_projection_errors_total"], 1,
+                                "the blocked batches were counted as errors")
 
 
 class VerifyTest(unittest.TestCase):
