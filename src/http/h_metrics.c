@@ -15,17 +15,6 @@
 #include "http/http_internal.h"
 #include "proj/projections.h"
 
-static const char *const route_names[RL__COUNT] = {
-    [RL_CMD_IMP] = "POST /tracking/impresiones",
-    [RL_CMD_CONV] = "POST /tracking/conversiones",
-    [RL_HEALTH] = "/tracking/health",
-    [RL_Q_HEALTH] = "/tracking/queries/health",
-    [RL_BYID] = "/tracking/queries/{kind}/{id}",
-    [RL_LIST] = "/tracking/queries/{owner}/{id}/{kind}",
-    [RL_STATS] = "/tracking/queries/{owner}/{id}/estadisticas",
-    [RL_METRICS] = "/metrics",
-    [RL_OTHER] = "other",
-};
 static const char *const status_names[SL__COUNT] = {
     "200", "202", "400", "404", "405", "409", "413", "500", "503", "other",
 };
@@ -138,7 +127,7 @@ static int render(struct http_server *s, struct buf *b)
             if (v == 0) {
                 continue;
             }
-            snprintf(lb, sizeof(lb), "route=\"%s\",code=\"%s\"", route_names[rl], status_names[sl]);
+            snprintf(lb, sizeof(lb), "route=\"%s\",code=\"%s\"", http_route_name((enum route_label)rl), status_names[sl]);
             TRY(metrics_sample_u64(b, "rastro_http_requests_total", lb, v));
         }
     }

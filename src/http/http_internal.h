@@ -33,6 +33,9 @@ enum status_label {
 enum reject_reason { REJ_DUPLICATE, REJ_CONFLICT, REJ_INVALID, REJ__COUNT };
 enum query_label { QL_BYID, QL_LIST, QL_STATS, QL__COUNT };
 
+/* The route label as metrics and logs spell it. */
+const char *http_route_name(enum route_label l);
+
 struct http_metrics {
     _Atomic uint64_t requests[RL__COUNT][SL__COUNT];
     _Atomic int64_t in_flight;

@@ -65,9 +65,59 @@ static enum status_label status_label(unsigned status)
     }
 }
 
+static const char *const route_names[RL__COUNT] = {
+    [RL_CMD_IMP] = "POST /tracking/impresiones",
+    [RL_CMD_CONV] = "POST /tracking/conversiones",
+    [RL_HEALTH] = "/tracking/health",
+    [RL_Q_HEALTH] = "/tracking/queries/health",
+    [RL_BYID] = "/tracking/queries/{kind}/{id}",
+    [RL_LIST] = "/tracking/queries/{owner}/{id}/{kind}",
+    [RL_STATS] = "/tracking/queries/{owner}/{id}/estadisticas",
+    [RL_METRICS] = "/metrics",
+    [RL_OTHER] = "other",
+};
+
+const char *http_route_name(enum route_label l)
+{
+    return (unsigned)l < RL__COUNT ? route_names[l] : "other";
+}
+
+/* A client-sent id header fit for logs, or NULL. */
+static const char *id_header(struct MHD_Connection *conn, const char *name)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+    if (v == NULL || v[0] == '\0' || strlen(v) > ID_MAX || !text_is_clean(v, strlen(v))) {
+        return NULL;
+    }
+    for (const char *c = v; *c != '\0'; c++) {
+        if (*c == '"' || *c == '\\' || *c == ' ') {
+            return NULL;        /* keep log lines parseable */
+        }
+    }
+    return v;
+}
+
+/* One logfmt line per request at debug level; server errors at warn, with
+ * the request and correlation ids the client sent (X-Request-Id,
+ * X-Correlation-Id) so a line can be matched to a client's call. */
+static void log_request(struct req *r, unsigned status)
+{
+    enum log_level lvl = status >= 500 ? LOG_WARN : LOG_DEBUG;
+    if (!log_enabled(lvl)) {
+        return;
+    }
+    const char *rid = id_header(r->conn, "X-Request-Id");
+    const char *cid = id_header(r->conn, "X-Correlation-Id");
+    log_write(lvl, status >= 500 ? "request failed" : "request",
+              "route=\"%s\" status=%u request_id=%s correlation_id=%s",
+              http_route_name(route_label(r)), status,
+              rid ? rid : "-", cid ? cid : "-");
+}
+
 enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
 {
     counter_add(&r->srv->m.requests[route_label(r)][status_label(status)], 1);
+    log_request(r, status);
     size_t len = body->len;
     char *p = buf_take(body);
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
@@ -85,6 +135,10 @@ enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
         char v[16];
         snprintf(v, sizeof(v), "%d", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    const char *rid = id_header(r->conn, "X-Request-Id");
+    if (rid != NULL) {
+        MHD_add_response_header(resp, "X-Request-Id", rid);     /* echoed for tracing */
     }
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->route.allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->route.allow);

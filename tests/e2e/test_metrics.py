@@ -217,6 +217,37 @@ class VerifyTest(unittest.TestCase):
             srv.cleanup()
 
 
+class LogsTest(unittest.TestCase):
+    """logfmt lines on stderr; a request is logged (with the ids the client
+    sent) only at debug level; X-Request-Id is echoed."""
+
+    def run_one(self, level):
+        srv = Server(extra_args=["--log-level", level]).start()
+        try:
+            status, headers, _, _ = http_request(
+                srv.port, "POST", "/tracking/impresiones", body={K_CAMPANA: "log-c"},
+                headers={"X-Request-Id": "req-%s" % level, "X-Correlation-Id": "corr-9"})
+            self.assertEqual(status, 202)
+            self.assertEqual(headers.get("x-request-id"), "req-%s" % level)
+            self.assertEqual(srv.stop(), 0)
+            return srv.read_log()
+        finally:
+            if srv.running():
+                srv.kill()
+            srv.cleanup()
+
+    def test_request_lines_only_at_debug(self):
+        debug = self.run_one("debug")
+        self.assertRegex(debug, r'level=debug msg="request" route="POST /tracking/impresiones"'
+                                r' status=202 request_id=req-debug correlation_id=corr-9')
+        info = self.run_one("info")
+        self.assertNotIn('msg="request"', info)
+        self.assertRegex(info, r'ts=\S+ level=info msg="listening" addr=')
+        for line in info.splitlines():
+            if line and not line.startswith("$ "):
+                self.assertRegex(line, r'^ts=\S+ level=(debug|info|warn|error) msg="', line)
+
+
 class PrometheusScrapeTest(unittest.TestCase):
     """A real Prometheus server (Debian's), started here on loopback with a
     scrape config of its own, scrapes a running rastro; a query through
