@@ -17,7 +17,7 @@ static const char usage[] =
     "\n"
     "Usage:\n"
     "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
-    "                 [--ready-max-lag N]\n"
+    "                 [--ready-max-lag N] [--verify-every S]\n"
     "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
     "      and queries (GET /tracking/queries/...). Answers 202 only once the event is\n"
     "      durable on disk. SIGTERM/SIGINT: finish commits in flight, catch up, exit 0.\n"
@@ -39,6 +39,8 @@ static const char usage[] =
     "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
     "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
+    "  --verify-every S    serve: check the read models against the log every S seconds\n"
+    "                      (as `rastro verify`, at low priority; 0 = never; default 86400)\n"
     "  --ready-max-lag N   /health/ready fails when projections are more than N events\n"
     "                      behind the store (default 10000)\n"
     "  --log-level L       debug, info, warn or error (env RASTRO_LOG_LEVEL; default info)\n"
@@ -86,6 +88,7 @@ int main(int argc, char **argv)
         .store = env_or("RASTRO_STORE", "sqlite"),
         .threads = 0,
         .ready_max_lag = 10000,
+        .verify_every = 86400,
         .from = 1,
         .limit = -1,
     };
@@ -96,6 +99,7 @@ int main(int argc, char **argv)
         { "store", required_argument, NULL, 's' },
         { "threads", required_argument, NULL, 'j' },
         { "ready-max-lag", required_argument, NULL, 'R' },
+        { "verify-every", required_argument, NULL, 'V' },
         { "log-level", required_argument, NULL, 'L' },
         { "from", required_argument, NULL, 'f' },
         { "limit", required_argument, NULL, 'n' },
@@ -120,6 +124,11 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.threads = (unsigned)v;
+            break;
+        case 'V':
+            if (parse_i64(optarg, "--verify-every", 0, &cfg.verify_every) != 0) {
+                return 2;
+            }
             break;
         case 'R':
             if (parse_i64(optarg, "--ready-max-lag", 0, &cfg.ready_max_lag) != 0) {

@@ -14,18 +14,22 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "bus/bus.h"
 #include "core/jsonw.h"
 #include "core/log.h"
+#include "core/xmalloc.h"
 #include "core/timeutil.h"
 #include "http/server.h"
 #include "proj/projector.h"
@@ -80,6 +84,12 @@ static int lock_data(const char *dir, const char *what)
     return fd;
 }
 
+/* The periodic self-check (defined at the end). */
+struct selfcheck;
+static struct selfcheck *selfcheck_start(const struct config *cfg);
+static const struct verify_stats *selfcheck_stats(struct selfcheck *sc);
+static void selfcheck_stop(struct selfcheck *sc);
+
 static void on_commit(void *arg, int64_t head)
 {
     bus_announce(arg, head);
@@ -110,6 +120,7 @@ int service_serve(const struct config *cfg)
     struct bus *bus = NULL;
     struct projector *proj = NULL;
     struct http_server *http = NULL;
+    struct selfcheck *selfcheck = NULL;
     char rm_path[4096];
     path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path));
 
@@ -139,6 +150,8 @@ int service_serve(const struct config *cfg)
         .committer = committer, .projector = proj, .rm_path = rm_path, .threads = cfg->threads,
         .ready_max_lag = cfg->ready_max_lag,
     };
+    selfcheck = selfcheck_start(cfg);
+    deps.verify = selfcheck_stats(selfcheck);
     if (http_start(cfg->listen, &deps, &http, &e) != ERR_OK) {
         log_error("cannot start HTTP server", "err=\"%s\"", e.msg);
         goto out;
@@ -152,6 +165,7 @@ int service_serve(const struct config *cfg)
     status = 0;
 out:
     http_quiesce(http);
+    selfcheck_stop(selfcheck);
     if (committer != NULL) {
         committer_stop(committer);
     }
@@ -390,30 +404,149 @@ static void remove_scratch(const char *dir, const char *path)
     }
 }
 
-int service_verify(const struct config *cfg)
+/* One check; differences are written to out. */
+static int verify_once(const struct config *cfg, FILE *out, int64_t *diffs, struct err *e)
 {
     char rm_path[4096];
     struct stat st;
     if (path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path)) != 0) {
-        return 2;
+        return err_set(e, ERR_INVALID, "data folder path too long");
     }
     if (stat(rm_path, &st) != 0) {
-        fprintf(stderr, "rastro: no read models in %s (nothing to verify)\n", cfg->data);
-        return 2;
+        return err_set(e, ERR_NOTFOUND, "no read models in %s (nothing to verify)", cfg->data);
     }
     struct verify_ctx v = { .cfg = cfg };
     snprintf(v.tmp, sizeof(v.tmp), "%s/readmodels.db.verify-%ld", cfg->data, (long)getpid());
+    int rc = rm_verify(rm_path, verify_build, &v, out, diffs, e);
+    remove_scratch(cfg->data, v.tmp);
+    return rc;
+}
+
+int service_verify(const struct config *cfg)
+{
     struct err e;
     err_clear(&e);
     int64_t diffs = 0;
     int64_t t0 = time_mono_us();
-    int rc = rm_verify(rm_path, verify_build, &v, stdout, &diffs, &e);
-    remove_scratch(cfg->data, v.tmp);
-    if (rc != ERR_OK) {
+    if (verify_once(cfg, stdout, &diffs, &e) != ERR_OK) {
         fprintf(stderr, "rastro: verify failed: %s\n", e.msg);
         return 2;
     }
     printf("%s: %lld difference%s (%.1f s)\n", diffs == 0 ? "consistent" : "INCONSISTENT",
            (long long)diffs, diffs == 1 ? "" : "s", (double)(time_mono_us() - t0) / 1e6);
     return diffs == 0 ? 0 : 1;
+}
+
+/* ---- the periodic self-check inside `serve` ---- */
+
+struct selfcheck {
+    const struct config *cfg;
+    struct verify_stats stats;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+};
+
+static void selfcheck_once(struct selfcheck *sc)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (out == NULL) {
+        return;
+    }
+    struct err e;
+    err_clear(&e);
+    int64_t diffs = 0;
+    int64_t t0 = time_mono_us();
+    int rc = verify_once(sc->cfg, out, &diffs, &e);
+    fclose(out);
+    atomic_store(&sc->stats.last_duration_us, time_mono_us() - t0);
+    atomic_fetch_add(&sc->stats.runs, 1);
+    if (rc != ERR_OK) {
+        atomic_fetch_add(&sc->stats.failures, 1);
+        log_error("self-check could not run", "err=\"%s\"", e.msg);
+    } else {
+        atomic_store(&sc->stats.differences, diffs);
+        atomic_store(&sc->stats.last_run_unix, time_now_us() / 1000000);
+        if (diffs == 0) {
+            log_info("self-check: read models consistent with the log", "duration_ms=%lld",
+                     (long long)((time_mono_us() - t0) / 1000));
+        } else {
+            log_error("self-check: read models differ from the log", "differences=%lld",
+                      (long long)diffs);
+            int lines = 0;
+            for (char *line = strtok(text, "\n"); line != NULL && lines < 60;
+                 line = strtok(NULL, "\n")) {
+                if (strstr(line, ": ok") == NULL && strncmp(line, "verifying", 9) != 0) {
+                    log_error("self-check difference", "detail=\"%.400s\"", line);
+                    lines++;
+                }
+            }
+        }
+    }
+    free(text);
+}
+
+static void *selfcheck_run(void *arg)
+{
+    struct selfcheck *sc = arg;
+    pthread_setname_np(pthread_self(), "rastro-verify");
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0) {
+        log_debug("cannot lower self-check priority", NULL);
+    }
+    pthread_mutex_lock(&sc->mu);
+    while (!sc->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += sc->cfg->verify_every;
+        while (!sc->stop && pthread_cond_timedwait(&sc->cv, &sc->mu, &ts) == 0) {
+        }
+        if (sc->stop) {
+            break;
+        }
+        pthread_mutex_unlock(&sc->mu);
+        selfcheck_once(sc);
+        pthread_mutex_lock(&sc->mu);
+    }
+    pthread_mutex_unlock(&sc->mu);
+    return NULL;
+}
+
+static struct selfcheck *selfcheck_start(const struct config *cfg)
+{
+    if (cfg->verify_every <= 0) {
+        return NULL;
+    }
+    struct selfcheck *sc = xcalloc(1, sizeof(*sc));
+    sc->cfg = cfg;
+    pthread_mutex_init(&sc->mu, NULL);
+    pthread_cond_init(&sc->cv, NULL);
+    if (pthread_create(&sc->thread, NULL, selfcheck_run, sc) != 0) {
+        log_error("cannot start the self-check thread", NULL);
+        free(sc);
+        return NULL;
+    }
+    return sc;
+}
+
+static const struct verify_stats *selfcheck_stats(struct selfcheck *sc)
+{
+    return sc != NULL ? &sc->stats : NULL;
+}
+
+static void selfcheck_stop(struct selfcheck *sc)
+{
+    if (sc == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&sc->mu);
+    sc->stop = true;
+    pthread_cond_signal(&sc->cv);
+    pthread_mutex_unlock(&sc->mu);
+    pthread_join(sc->thread, NULL);     /* a check under way runs to its end */
+    pthread_mutex_destroy(&sc->mu);
+    pthread_cond_destroy(&sc->cv);
+    free(sc);
 }

@@ -13,6 +13,7 @@ struct config {
     const char *store;      /* event store spec ("sqlite") */
     unsigned threads;       /* HTTP threads, 0 = CPUs */
     int64_t ready_max_lag;  /* /health/ready: projections at most this many events behind */
+    int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */
     /* events */
     int64_t from;
     int64_t limit;          /* -1 = all */

@@ -134,6 +134,28 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_http_requests_in_flight", "gauge",
                        "HTTP requests being handled, this one included."));
     TRY(metrics_sample(b, "rastro_http_requests_in_flight", NULL, (double)atomic_load(&m->in_flight)));
+    const struct verify_stats *v = s->deps.verify;
+    if (v != NULL) {
+        TRY(metrics_header(b, "rastro_verify_runs_total", "counter",
+                           "Periodic self-checks run (rebuild from the log and compare)."));
+        TRY(metrics_sample_u64(b, "rastro_verify_runs_total", NULL, atomic_load(&v->runs)));
+        TRY(metrics_header(b, "rastro_verify_failures_total", "counter",
+                           "Periodic self-checks that could not complete."));
+        TRY(metrics_sample_u64(b, "rastro_verify_failures_total", NULL, atomic_load(&v->failures)));
+        TRY(metrics_header(b, "rastro_verify_differences", "gauge",
+                           "Rows the last self-check found missing, unexpected or different in "
+                           "the read models (0 = consistent)."));
+        TRY(metrics_sample(b, "rastro_verify_differences", NULL,
+                           (double)atomic_load(&v->differences)));
+        TRY(metrics_header(b, "rastro_verify_last_run_timestamp_seconds", "gauge",
+                           "Unix time the last self-check completed (0 = never)."));
+        TRY(metrics_sample(b, "rastro_verify_last_run_timestamp_seconds", NULL,
+                           (double)atomic_load(&v->last_run_unix)));
+        TRY(metrics_header(b, "rastro_verify_duration_seconds", "gauge",
+                           "How long the last self-check took."));
+        TRY(metrics_sample(b, "rastro_verify_duration_seconds", NULL,
+                           (double)atomic_load(&v->last_duration_us) / 1e6));
+    }
     TRY(metrics_header(b, "rastro_uptime_seconds", "gauge", "Seconds since the server started."));
     TRY(metrics_sample(b, "rastro_uptime_seconds", NULL,
                        (double)(time_mono_us() - s->started_us) / 1e6));

@@ -8,9 +8,22 @@
 #ifndef RASTRO_HTTP_SERVER_H
 #define RASTRO_HTTP_SERVER_H
 
+#include <stdatomic.h>
+#include <stdint.h>
+
 #include "core/err.h"
 #include "proj/projector.h"
 #include "store/committer.h"
+
+/* Results of the periodic self-check (`rastro verify` inside the server),
+ * kept by the app layer and rendered on /metrics. */
+struct verify_stats {
+    _Atomic uint64_t runs;
+    _Atomic uint64_t failures;          /* runs that could not check */
+    _Atomic int64_t differences;        /* of the last completed run */
+    _Atomic int64_t last_run_unix;      /* seconds; 0 = never */
+    _Atomic int64_t last_duration_us;
+};
 
 struct http_deps {
     struct committer *committer;
@@ -18,6 +31,7 @@ struct http_deps {
     const char *rm_path;            /* read-model file the query threads open */
     unsigned threads;               /* 0 = number of CPUs */
     int64_t ready_max_lag;          /* /health/ready: at most this many events behind */
+    const struct verify_stats *verify;  /* NULL when the self-check is off */
 };
 
 struct http_server;

@@ -217,6 +217,47 @@ class VerifyTest(unittest.TestCase):
             srv.cleanup()
 
 
+class SelfCheckTest(unittest.TestCase):
+    """The periodic self-check (--verify-every) reports through /metrics:
+    0 differences, then the tampered row once someone edits the file."""
+
+    def wait_metric(self, srv, name, pred, what):
+        deadline, m = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            status, _, _, raw = http_request(srv.port, "GET", "/metrics")
+            m = parse(raw.decode())
+            if name in m and pred(m):
+                return m
+            time.sleep(0.1)
+        self.fail("%s: %r" % (what, {k: v for k, v in m.items() if k.startswith("rastro_verify")}))
+
+    def test_periodic_self_check_metric(self):
+        srv = Server(extra_args=["--verify-every", "1"]).start()
+        try:
+            for i in range(4):
+                status, _, _, _ = srv.post("imp", {"id": "sc-%d" % i, K_CAMPANA: "sc-%d" % (i % 2)})
+                self.assertEqual(status, 202)
+            self.wait_metric(srv, "rastro_verify_runs_total",
+                             lambda m: m["rastro_verify_runs_total"] >= 1 and
+                             m["rastro_verify_last_run_timestamp_seconds"] > 0,
+                             "a first self-check")
+            m = self.wait_metric(srv, "rastro_verify_differences",
+                                 lambda m: m["rastro_verify_differences"] == 0, "consistent")
+            self.assertEqual(m["rastro_verify_failures_total"], 0)
+            db = sqlite3.connect(os.path.join(srv.data_dir, "readmodels.db"), timeout=10)
+            db.execute("UPDATE stats SET impresiones = impresiones + 3 WHERE key = 'sc-1'")
+            db.commit()
+            db.close()
+            self.wait_metric(srv, "rastro_verify_differences",
+                             lambda m: m["rastro_verify_differences"] == 1, "the tampered row")
+            self.assertEqual(srv.stop(), 0)
+            self.assertIn('msg="self-check: read models differ from the log"', srv.read_log())
+        finally:
+            if srv.running():
+                srv.kill()
+            srv.cleanup()
+
+
 class LogsTest(unittest.TestCase):
     """logfmt lines on stderr; a request is logged (with the ids the client
     sent) only at debug level; X-Request-Id is echoed."""
