@@ -107,10 +107,33 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
                        "Projection batches that failed and were retried."));
     TRY(metrics_sample_u64(b, "rastro_projection_errors_total", NULL, (uint64_t)ps.errors));
+    const char *ids_path, *lists_path;
+    rm_index_paths(projector_rm_index(s->deps.projector), &ids_path, &lists_path);
     TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",
-                       "Bytes the read-model file (with its WAL) takes on disk."));
-    TRY(metrics_sample(b, "rastro_read_models_size_bytes", NULL,
+                       "Bytes the read models take on disk, by file (with its WAL): the rows "
+                       "and statistics, the by-id index, the list index."));
+    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"readmodels\"",
                        (double)rm_bytes(s->deps.rm_path)));
+    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"ids_index\"",
+                       (double)rm_bytes(ids_path)));
+    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"lists_index\"",
+                       (double)rm_bytes(lists_path)));
+    struct err e;
+    struct readmodel *rm = http_rm_get(s, &e);
+    int64_t imp = 0, conv = 0, stats = 0;
+    if (rm != NULL) {
+        if (rm_read_begin(rm, &e) == ERR_OK) {
+            if (rm_query_rows(rm, &imp, &conv, &stats, &e) != ERR_OK) {
+                log_warn("cannot count read-model rows", "err=\"%s\"", e.msg);
+            }
+            rm_read_end(rm);
+        }
+        http_rm_put(s, rm);
+    }
+    TRY(metrics_header(b, "rastro_read_model_rows", "gauge", "Rows in each read model."));
+    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"impresiones\"", (double)imp));
+    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"conversiones\"", (double)conv));
+    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"estadisticas\"", (double)stats));
 
     /* queries and HTTP */
     TRY(metrics_header(b, "rastro_query_duration_seconds", "histogram",

@@ -19,14 +19,14 @@
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
 
 enum stmt_id {
     S_CKPT_GET, S_CKPT_SET,
     S_INS_IMP, S_INS_CONV,
     S_STATS_ADD, S_VALOR_GET, S_VALOR_SET, S_SKIP,
-    S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED,
+    S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
     S_STATS_GET, S_VALOR_LIST, S_POSITION,
     S__COUNT
 };
@@ -58,6 +58,11 @@ static const char *const stmt_sql[S__COUNT] = {
                    " user_agent, ip_address, referrer, timestamp, recorded_at,"
                    " tipo_conversion, valor, moneda FROM conversiones WHERE position=?",
     [S_META_GET] = "SELECT v FROM meta WHERE k=?",
+    [S_COUNT_ADD] = "INSERT INTO counts(name, n) VALUES(?1, ?2)"
+                    " ON CONFLICT(name) DO UPDATE SET n = n + excluded.n",
+    [S_COUNTS] = "SELECT coalesce((SELECT n FROM counts WHERE name='impresiones'), 0),"
+                 " coalesce((SELECT n FROM counts WHERE name='conversiones'), 0)",
+    [S_STATS_ROWS] = "SELECT count(*) FROM stats",
     [S_UNINDEXED] = "SELECT position, 0, id, campana_id, influencer_id FROM impresiones"
                     " WHERE position > ?1 UNION ALL"
                     " SELECT position, 1, id, campana_id, influencer_id FROM conversiones"
@@ -86,11 +91,15 @@ static const char *tables_sql =
     "CREATE TABLE IF NOT EXISTS stats_valor(scope INTEGER NOT NULL, key TEXT NOT NULL,"
     " moneda TEXT NOT NULL, valor TEXT NOT NULL, conversiones INTEGER NOT NULL,"
     " PRIMARY KEY(scope, key, moneda)) WITHOUT ROWID;"
-    "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);"
+    /* rows per read model, kept with each batch (a count(*) would scan) */
+    "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);";
 
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
     struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
+    char ids_path[4400];
+    char lists_path[4400];
 };
 
 /* Index entries waiting for their batch to commit. */
@@ -109,6 +118,7 @@ struct readmodel {
     struct lsmidx_reader *ids_r, *lists_r;
     struct pending pend_ids, pend_lists;
     int64_t batch_pos;          /* the checkpoint the open batch will commit */
+    int64_t batch_rows[2];      /* rows the open batch added, by kind */
 };
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
@@ -294,7 +304,7 @@ static void apply_pending(struct readmodel *rm, int64_t upto)
  */
 static int open_index(struct readmodel *rm, struct err *e)
 {
-    char gen[64], dir[4096], p[4400];
+    char gen[64], dir[4096];
     int rc = generation(rm, gen, sizeof(gen), e);
     if (rc != ERR_OK) {
         return rc;
@@ -305,11 +315,11 @@ static int open_index(struct readmodel *rm, struct err *e)
     size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10) : 0;
     rm->ix = xcalloc(1, sizeof(*rm->ix));
     rm->owns_ix = true;
-    snprintf(p, sizeof(p), "%s/rm-%s.ids", d, gen);
-    rc = lsmidx_open(p, memtable, 0, &rm->ix->ids, e);
+    snprintf(rm->ix->ids_path, sizeof(rm->ix->ids_path), "%s/rm-%s.ids", d, gen);
+    snprintf(rm->ix->lists_path, sizeof(rm->ix->lists_path), "%s/rm-%s.lists", d, gen);
+    rc = lsmidx_open(rm->ix->ids_path, memtable, 0, &rm->ix->ids, e);
     if (rc == ERR_OK) {
-        snprintf(p, sizeof(p), "%s/rm-%s.lists", d, gen);
-        rc = lsmidx_open(p, memtable, LSMIDX_NO_BLOOM, &rm->ix->lists, e);
+        rc = lsmidx_open(rm->ix->lists_path, memtable, LSMIDX_NO_BLOOM, &rm->ix->lists, e);
     }
     if (rc != ERR_OK) {
         return rc;
@@ -431,7 +441,7 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                 rc = exec(rm, tables_sql, e);
             }
             if (rc == ERR_OK) {
-                rc = exec(rm, "PRAGMA user_version=2; COMMIT", e);
+                rc = exec(rm, "PRAGMA user_version=3; COMMIT", e);
             }
         } else if (ver != SCHEMA_VERSION) {
             rc = err_set(e, ERR_STATE,
@@ -471,12 +481,34 @@ int rm_bulk_finish(struct readmodel *rm, struct err *e)
 int rm_begin(struct readmodel *rm, struct err *e)
 {
     rm->pend_ids.n = rm->pend_lists.n = 0;
+    rm->batch_rows[0] = rm->batch_rows[1] = 0;
     return exec(rm, "BEGIN IMMEDIATE", e);
 }
 
+static int step_done(struct readmodel *rm, sqlite3_stmt *st, struct err *e, const char *what);
+
 int rm_commit(struct readmodel *rm, struct err *e)
 {
-    int rc = exec(rm, "COMMIT", e);
+    static const char *const names[2] = { "impresiones", "conversiones" };
+    int rc = ERR_OK;
+    for (int k = 0; k < 2 && rc == ERR_OK; k++) {
+        if (rm->batch_rows[k] == 0) {
+            continue;
+        }
+        sqlite3_stmt *st = stmt(rm, S_COUNT_ADD, e);
+        if (st == NULL) {
+            rc = ERR_IO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, names[k], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, rm->batch_rows[k]);
+        rc = step_done(rm, st, e, "counting rows");
+    }
+    if (rc != ERR_OK) {
+        return rc;          /* the caller rolls back */
+    }
+    rm->batch_rows[0] = rm->batch_rows[1] = 0;
+    rc = exec(rm, "COMMIT", e);
     if (rc == ERR_OK) {
         apply_pending(rm, rm->batch_pos);   /* only committed rows get indexed */
     }
@@ -569,6 +601,7 @@ int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t p
     int rc = step_done(rm, st, e, conv ? "inserting conversion" : "inserting impression");
     if (rc == ERR_OK) {
         index_row(rm, t->kind, t->id, t->campana_id, t->influencer_id, position);
+        rm->batch_rows[conv ? 1 : 0]++;
     }
     return rc;
 }
@@ -992,6 +1025,32 @@ int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
     }
     buf_fini(&per);
     return rc;
+}
+
+int rm_query_rows(struct readmodel *rm, int64_t *imp, int64_t *conv, int64_t *stats,
+                  struct err *e)
+{
+    sqlite3_stmt *a = stmt(rm, S_COUNTS, e), *b = stmt(rm, S_STATS_ROWS, e);
+    if (a == NULL || b == NULL) {
+        return ERR_IO;
+    }
+    int rc = ERR_OK;
+    if (sqlite3_step(a) == SQLITE_ROW && sqlite3_step(b) == SQLITE_ROW) {
+        *imp = sqlite3_column_int64(a, 0);
+        *conv = sqlite3_column_int64(a, 1);
+        *stats = sqlite3_column_int64(b, 0);
+    } else {
+        rc = db_err(rm, e, "counting rows");
+    }
+    sqlite3_reset(a);
+    sqlite3_reset(b);
+    return rc;
+}
+
+void rm_index_paths(const struct rm_index *ix, const char **ids, const char **lists)
+{
+    *ids = ix->ids_path;
+    *lists = ix->lists_path;
 }
 
 int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e)

@@ -92,6 +92,12 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
                   struct err *e) WARN_UNUSED;
 int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
                    struct buf *out, struct err *e) WARN_UNUSED;
+/* Rows in impresiones and conversiones (kept per batch) and statistics rows. */
+int rm_query_rows(struct readmodel *rm, int64_t *imp, int64_t *conv, int64_t *stats,
+                  struct err *e) WARN_UNUSED;
+/* The index files' paths (for sizes). */
+void rm_index_paths(const struct rm_index *ix, const char **ids, const char **lists);
+
 /* The position the read models reflect (the projector's checkpoint). */
 int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e) WARN_UNUSED;
 

@@ -30,6 +30,7 @@ static const struct table tables[] = {
     { "stats", "scope, key", 2 },
     { "stats_valor", "scope, key, moneda", 3 },
     { "skipped", "type", 1 },
+    { "counts", "name", 1 },
 };
 
 /* Orders two values as ORDER BY does for these keys (integers or text). */

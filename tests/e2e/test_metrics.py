@@ -54,7 +54,8 @@ class MetricsTest(ServerTestCase):
                      "rastro_projection_position", "rastro_projection_lag_events",
                      "rastro_projection_lag_seconds", "rastro_projection_events_applied_total",
                      "rastro_projection_events_skipped_total", "rastro_http_requests_total",
-                     "rastro_http_requests_in_flight", "rastro_read_models_size_bytes"):
+                     "rastro_http_requests_in_flight", "rastro_read_models_size_bytes",
+                     "rastro_read_model_rows"):
             self.assertIn("\n" + name, "\n" + text, "missing %s" % name)
 
     def test_counters_move_by_exactly_what_happened(self):
@@ -91,6 +92,8 @@ class MetricsTest(ServerTestCase):
         self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/conversiones",'
                                'code="202"}'), 3)
         self.assertEqual(delta('rastro_query_duration_seconds_count{query="by_id"}'), 1)
+        self.assertEqual(delta('rastro_read_model_rows{read_model="impresiones"}'), 5)
+        self.assertEqual(delta('rastro_read_model_rows{read_model="conversiones"}'), 3)
         # 10 appends were attempted (8 new, 2 refused by the store): every one in a batch
         self.assertEqual(delta("rastro_append_batch_size_sum"), 10)
         self.assertGreaterEqual(after["rastro_store_size_bytes"], 1)
