@@ -95,8 +95,13 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_sample(b, "rastro_projection_lag_seconds", NULL,
                        (double)projector_lag_us(s->deps.projector, head) / 1e6));
     TRY(metrics_header(b, "rastro_projection_events_applied_total", "counter",
-                       "Events applied to the read models."));
-    TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", NULL, (uint64_t)ps.applied));
+                       "Events each projection processed (all projections take each event in "
+                       "the same transaction)."));
+    for (size_t i = 0; i < proj_count; i++) {
+        snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
+        TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", lb,
+                               (uint64_t)ps.applied));
+    }
     TRY(metrics_header(b, "rastro_projection_events_skipped_total", "counter",
                        "Events the projections skipped, by reason (unknown_type: from a newer "
                        "version; invalid: data that does not decode)."));
@@ -105,8 +110,13 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
                            (uint64_t)ps.invalid));
     TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
-                       "Projection batches that failed and were retried."));
-    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", NULL, (uint64_t)ps.errors));
+                       "Projection batches that failed and were retried, by reason (gap: a "
+                       "position missing from the log; io: the read models or the store "
+                       "failed)."));
+    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"gap\"",
+                           (uint64_t)ps.errors_gap));
+    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"io\"",
+                           (uint64_t)(ps.errors - ps.errors_gap)));
     const char *ids_path, *lists_path;
     rm_index_paths(projector_rm_index(s->deps.projector), &ids_path, &lists_path);
     TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",

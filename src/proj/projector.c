@@ -167,6 +167,9 @@ fail:
     rm_rollback(p->rm);
     pthread_mutex_lock(&p->mu);
     p->st.errors++;
+    if (rc == ERR_STATE) {
+        p->st.errors_gap++;
+    }
     pthread_mutex_unlock(&p->mu);
     return rc < 0 ? rc : ERR_IO;
 }

@@ -30,7 +30,8 @@ struct projector_stats {
     int64_t skipped;
     int64_t invalid;
     int64_t batches;
-    int64_t errors;
+    int64_t errors;             /* failed batches, all reasons */
+    int64_t errors_gap;         /* ... of which the log had a gap (a store fault) */
 };
 
 struct proj_waiter {

@@ -83,7 +83,8 @@ class MetricsTest(ServerTestCase):
         self.assertEqual(delta('rastro_appends_rejected_total{reason="conflict"}'), 1)
         self.assertEqual(delta('rastro_appends_rejected_total{reason="invalid"}'), 2)
         self.assertEqual(delta("rastro_store_position"), 8)
-        self.assertEqual(delta("rastro_projection_events_applied_total"), 8)
+        self.assertEqual(delta('rastro_projection_events_applied_total{projection="impresiones"}'),
+                         8)
         self.assertEqual(after["rastro_projection_lag_events"], 0)
         self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/impresiones",'
                                'code="202"}'), 6)
@@ -166,7 +167,7 @@ class ProbesTest(unittest.TestCase):
         m = parse(raw.decode())
         self.assertEqual(m["rastro_projection_lag_events"], 0)
         self.assertEqual(m["rastro_projection_lag_seconds"], 0)
-        self.assertGreaterEqual(m["rastro_projection_errors_total"], 1,
+        self.assertGreaterEqual(m['rastro_projection_errors_total{reason="io"}'], 1,
                                 "the blocked batches were counted as errors")
 
 
