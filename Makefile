@@ -20,7 +20,7 @@ PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjs
 # and the two other JSON libraries the JSON row compares cJSON with.
 BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev
 
-.PHONY: all run test deps clean bench bench-json
+.PHONY: all run test deps clean bench bench-json fuzz
 
 all:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRASTRO_WERROR=$(WERROR) >/dev/null
@@ -51,5 +51,20 @@ bench-json:
 	@sh tools/install-deps.sh $(BENCH_PKGS)
 	$(MAKE) -C bench/json run
 
+# libFuzzer on the command decoder, the router and the event decoder, each
+# for FUZZ_SECONDS (default 60). New inputs go to a scratch corpus; a crash
+# is written to tests/fuzz/crash-* (add it to tests/fuzz/corpus/<target>/ as
+# a regression input once fixed: make test replays that folder).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@sh tools/install-deps.sh $(PKGS) clang libclang-rt-14-dev
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DRASTRO_FUZZ=ON >/dev/null
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_command fuzz_route fuzz_event
+	for t in command route event; do \
+	  mkdir -p build-fuzz/corpus-$$t && \
+	  ./build-fuzz/tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=70000 \
+	    -artifact_prefix=tests/fuzz/crash-$$t- build-fuzz/corpus-$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
 clean:
-	rm -rf $(BUILD) $(TEST_BUILD)
+	rm -rf $(BUILD) $(TEST_BUILD) build-fuzz

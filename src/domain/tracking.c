@@ -503,9 +503,10 @@ static bool find_nul_escape(const char *body, size_t n, char *field, size_t max)
 /* The body must be one JSON object and nothing else but white space. */
 static int parse_object(const char *body, size_t n, cJSON **out, struct err *e)
 {
-    char nul_field[64];
-    if (find_nul_escape(body, n, nul_field, sizeof(nul_field))) {
-        return err_field(e, ERR_INVALID, nul_field, "%s must not contain NUL characters", nul_field);
+    /* JSON has no raw NUL anywhere (in strings it must be escaped), and a
+     * raw one would cut a C string short without anyone noticing. */
+    if (memchr(body, '\0', n) != NULL) {
+        return err_field(e, ERR_INVALID, "body", "body contains a NUL byte");
     }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, n, &end, false);
@@ -517,10 +518,19 @@ static int parse_object(const char *body, size_t n, cJSON **out, struct err *e)
         return err_field(e, ERR_INVALID, "body", "body must be a JSON object");
     }
     for (const char *p = end; p != NULL && p < body + n; p++) {
-        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != '\0') {
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
             cJSON_Delete(root);
             return err_field(e, ERR_INVALID, "body", "body has data after the JSON object");
         }
+    }
+    /* only now, on valid JSON, can the escape be traced to its key */
+    char nul_field[64];
+    if (find_nul_escape(body, n, nul_field, sizeof(nul_field))) {
+        cJSON_Delete(root);
+        if (nul_field[0] == '\0') {
+            snprintf(nul_field, sizeof(nul_field), "body");
+        }
+        return err_field(e, ERR_INVALID, nul_field, "%s must not contain NUL characters", nul_field);
     }
     *out = root;
     return ERR_OK;

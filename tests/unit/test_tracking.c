@@ -50,6 +50,8 @@ static void test_command_table(void)
         { KIND_IMPRESION, "{" CAMP ":\"c\",\"usuario_id\":\"u\\u0000x\"}", ERR_INVALID, "usuario_id" },
         { KIND_IMPRESION, "{" CAMP ":\"c\\u0000\"}", ERR_INVALID, K_CAMPANA },
         { KIND_IMPRESION, "{" CAMP ":\"c\",\"referrer\":\"\\\\u0000\"}", ERR_OK, NULL },
+        /* invalid JSON that holds the escape: a JSON error, not a field's */
+        { KIND_IMPRESION, "{\"x\"\"\" 1\":\"a\\u0000\"}", ERR_INVALID, "body" },
         { KIND_IMPRESION, "{" CAMP ":\"c\",\"user_agent\":false}", ERR_INVALID, "user_agent" },
         { KIND_IMPRESION, "{" CAMP ":\"c\",\"referrer\":{}}", ERR_INVALID, "referrer" },
         { KIND_IMPRESION, "{" CAMP ":\"c\",\"influencer_id\":\"\"}", ERR_OK, NULL },
