@@ -17,7 +17,8 @@ static const char usage[] =
     "\n"
     "Usage:\n"
     "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
-    "                 [--ready-max-lag N] [--verify-every S]\n"
+    "                 [--ready-max-lag N] [--verify-every S] [--max-connections N]\n"
+    "                 [--idle-timeout S]\n"
     "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
     "      and queries (GET /tracking/queries/...). Answers 202 only once the event is\n"
     "      durable on disk. SIGTERM/SIGINT: finish commits in flight, catch up, exit 0.\n"
@@ -39,6 +40,8 @@ static const char usage[] =
     "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
     "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
+    "  --max-connections N at most N open connections (default 10000)\n"
+    "  --idle-timeout S    close a connection idle (or trickling) for S seconds (default 60)\n"
     "  --verify-every S    serve: check the read models against the log every S seconds\n"
     "                      (as `rastro verify`, at low priority; 0 = never; default 86400)\n"
     "  --ready-max-lag N   /health/ready fails when projections are more than N events\n"
@@ -89,6 +92,8 @@ int main(int argc, char **argv)
         .threads = 0,
         .ready_max_lag = 10000,
         .verify_every = 86400,
+        .max_connections = 10000,
+        .idle_timeout = 60,
         .from = 1,
         .limit = -1,
     };
@@ -100,6 +105,8 @@ int main(int argc, char **argv)
         { "threads", required_argument, NULL, 'j' },
         { "ready-max-lag", required_argument, NULL, 'R' },
         { "verify-every", required_argument, NULL, 'V' },
+        { "max-connections", required_argument, NULL, 'C' },
+        { "idle-timeout", required_argument, NULL, 'T' },
         { "log-level", required_argument, NULL, 'L' },
         { "from", required_argument, NULL, 'f' },
         { "limit", required_argument, NULL, 'n' },
@@ -124,6 +131,18 @@ int main(int argc, char **argv)
                 return 2;
             }
             cfg.threads = (unsigned)v;
+            break;
+        case 'C':
+            if (parse_i64(optarg, "--max-connections", 1, &cfg.max_connections) != 0 ||
+                cfg.max_connections > 1000000) {
+                return 2;
+            }
+            break;
+        case 'T':
+            if (parse_i64(optarg, "--idle-timeout", 1, &cfg.idle_timeout) != 0 ||
+                cfg.idle_timeout > 86400) {
+                return 2;
+            }
             break;
         case 'V':
             if (parse_i64(optarg, "--verify-every", 0, &cfg.verify_every) != 0) {

@@ -108,6 +108,20 @@ int service_serve(const struct config *cfg)
     if (ensure_dir(cfg->data) != 0) {
         return 1;
     }
+    /* every connection is a descriptor: take what the hard limit allows */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            log_warn("cannot raise the open-files limit", NULL);
+        }
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        (rlim_t)cfg->max_connections + 64 > rl.rlim_cur) {
+        log_warn("open-files limit below --max-connections; connections past it are refused",
+                 "limit=%llu max_connections=%lld", (unsigned long long)rl.rlim_cur,
+                 (long long)cfg->max_connections);
+    }
     int lock = lock_data(cfg->data, "serve");
     if (lock < 0) {
         return 1;
@@ -149,6 +163,8 @@ int service_serve(const struct config *cfg)
     struct http_deps deps = {
         .committer = committer, .projector = proj, .rm_path = rm_path, .threads = cfg->threads,
         .ready_max_lag = cfg->ready_max_lag,
+        .max_connections = (unsigned)cfg->max_connections,
+        .idle_timeout_s = (unsigned)cfg->idle_timeout,
     };
     selfcheck = selfcheck_start(cfg);
     deps.verify = selfcheck_stats(selfcheck);

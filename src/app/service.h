@@ -14,6 +14,8 @@ struct config {
     unsigned threads;       /* HTTP threads, 0 = CPUs */
     int64_t ready_max_lag;  /* /health/ready: projections at most this many events behind */
     int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */
+    int64_t max_connections;
+    int64_t idle_timeout;   /* seconds */
     /* events */
     int64_t from;
     int64_t limit;          /* -1 = all */

@@ -372,8 +372,10 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
                             MHD_OPTION_THREAD_POOL_SIZE, threads,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)10000,
+                            MHD_OPTION_CONNECTION_TIMEOUT,
+                            deps->idle_timeout_s ? deps->idle_timeout_s : 60u,
+                            MHD_OPTION_CONNECTION_LIMIT,
+                            deps->max_connections ? deps->max_connections : 10000u,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                             MHD_OPTION_END);

@@ -32,6 +32,8 @@ struct http_deps {
     unsigned threads;               /* 0 = number of CPUs */
     int64_t ready_max_lag;          /* /health/ready: at most this many events behind */
     const struct verify_stats *verify;  /* NULL when the self-check is off */
+    unsigned max_connections;       /* 0 = 10000 */
+    unsigned idle_timeout_s;        /* idle or slow connections are closed; 0 = 60 */
 };
 
 struct http_server;

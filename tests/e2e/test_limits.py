@@ -1,0 +1,114 @@
+"""
+End-to-end tests of the HTTP limits: thousands of idle connections do not
+keep others out, idle connections are closed after --idle-timeout, an
+oversized URL or header block and malformed requests get a 4xx (never a
+crash or a hang), and the server still answers afterwards.
+"""
+
+import os
+import resource
+import socket
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import K_CAMPANA, Server, http_request  # noqa: E402
+
+IDLE = 3000
+
+
+def raw(port, data, timeout=10):
+    """Sends raw bytes, returns what comes back until the server closes or times out."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except socket.timeout:
+                break
+            if not c:
+                break
+            chunks.append(c)
+            if b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+class LimitsTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(hard, IDLE + 256) if hard != resource.RLIM_INFINITY else IDLE + 256
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        cls.srv = Server(extra_args=["--idle-timeout", "2", "--max-connections", "20000"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.srv.stop()
+        cls.srv.cleanup()
+        assert rc == 0
+
+    def test_thousands_of_idle_connections(self):
+        socks = []
+        try:
+            for _ in range(IDLE):
+                socks.append(socket.create_connection(("127.0.0.1", self.srv.port), timeout=10))
+            t0 = time.monotonic()
+            status, _, js, _ = http_request(self.srv.port, "POST", "/tracking/impresiones",
+                                            body={K_CAMPANA: "lim"})
+            self.assertEqual(status, 202)
+            status, _, _, _ = http_request(self.srv.port, "GET", "/tracking/health")
+            self.assertEqual(status, 200)
+            self.assertLess(time.monotonic() - t0, 5, "answers with %d idle connections" % IDLE)
+            # --idle-timeout 2: the idle ones are closed by the server
+            time.sleep(4)
+            closed = 0
+            for s in socks[:50]:
+                s.settimeout(2)
+                try:
+                    closed += s.recv(1) == b""
+                except (ConnectionResetError, socket.timeout):
+                    closed += 1
+            self.assertEqual(closed, 50, "idle connections must be closed after the timeout")
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_oversized_url_and_headers(self):
+        long_url = b"GET /tracking/queries/impresiones/" + b"a" * 40000 + b" HTTP/1.1\r\n" \
+                   b"Host: x\r\n\r\n"
+        reply = raw(self.srv.port, long_url)
+        self.assertRegex(reply[:12], rb"^HTTP/1\.1 4\d\d", reply[:200])
+        big_headers = b"GET /tracking/health HTTP/1.1\r\nHost: x\r\n" + \
+                      b"".join(b"X-Pad-%d: %s\r\n" % (i, b"b" * 1000) for i in range(60)) + b"\r\n"
+        reply = raw(self.srv.port, big_headers)
+        self.assertRegex(reply[:12], rb"^HTTP/1\.1 4\d\d", reply[:200])
+        status, _, _, _ = http_request(self.srv.port, "GET", "/tracking/health")
+        self.assertEqual(status, 200)
+
+    def test_malformed_requests(self):
+        for junk in (b"\x00\x01\x02 garbage\r\n\r\n",
+                     b"GET\r\n\r\n",
+                     b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+                     b"POST /tracking/impresiones HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: -5\r\n\r\n",
+                     b"POST /tracking/impresiones HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"):
+            with self.subTest(junk=junk[:40]):
+                reply = raw(self.srv.port, junk, timeout=5)
+                if reply:
+                    self.assertRegex(reply[:12], rb"^HTTP/1\.[01] [45]\d\d", reply[:200])
+                status, _, _, _ = http_request(self.srv.port, "GET", "/tracking/health")
+                self.assertEqual(status, 200, "the server must still answer")
+
+
+if __name__ == "__main__":
+    unittest.main()
