@@ -18,7 +18,7 @@ static const char usage[] =
     "Usage:\n"
     "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
     "                 [--ready-max-lag N] [--verify-every S] [--max-connections N]\n"
-    "                 [--idle-timeout S]\n"
+    "                 [--idle-timeout S] [--api-key-file FILE] [--insecure]\n"
     "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
     "      and queries (GET /tracking/queries/...). Answers 202 only once the event is\n"
     "      durable on disk. SIGTERM/SIGINT: finish commits in flight, catch up, exit 0.\n"
@@ -40,6 +40,12 @@ static const char usage[] =
     "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
     "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
+    "  --api-key-file FILE API keys, one a line: \"KEY ingest,read,admin\" (env RASTRO_API_KEYS).\n"
+    "                      Then every route but the health probes needs\n"
+    "                      \"Authorization: Bearer KEY\" with the route's scope: ingest for\n"
+    "                      commands, read for queries, admin for /metrics.\n"
+    "  --insecure          serve on a non-loopback address without API keys (refused\n"
+    "                      otherwise)\n"
     "  --max-connections N at most N open connections (default 10000)\n"
     "  --idle-timeout S    close a connection idle (or trickling) for S seconds (default 60)\n"
     "  --verify-every S    serve: check the read models against the log every S seconds\n"
@@ -94,6 +100,7 @@ int main(int argc, char **argv)
         .verify_every = 86400,
         .max_connections = 10000,
         .idle_timeout = 60,
+        .api_key_file = getenv("RASTRO_API_KEYS"),
         .from = 1,
         .limit = -1,
     };
@@ -107,6 +114,8 @@ int main(int argc, char **argv)
         { "verify-every", required_argument, NULL, 'V' },
         { "max-connections", required_argument, NULL, 'C' },
         { "idle-timeout", required_argument, NULL, 'T' },
+        { "api-key-file", required_argument, NULL, 'K' },
+        { "insecure", no_argument, NULL, 'I' },
         { "log-level", required_argument, NULL, 'L' },
         { "from", required_argument, NULL, 'f' },
         { "limit", required_argument, NULL, 'n' },
@@ -132,6 +141,8 @@ int main(int argc, char **argv)
             }
             cfg.threads = (unsigned)v;
             break;
+        case 'K': cfg.api_key_file = optarg; break;
+        case 'I': cfg.insecure = 1; break;
         case 'C':
             if (parse_i64(optarg, "--max-connections", 1, &cfg.max_connections) != 0 ||
                 cfg.max_connections > 1000000) {

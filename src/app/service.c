@@ -31,6 +31,7 @@
 #include "core/log.h"
 #include "core/xmalloc.h"
 #include "core/timeutil.h"
+#include "http/auth.h"
 #include "http/server.h"
 #include "proj/projector.h"
 #include "read/readmodel.h"
@@ -95,8 +96,31 @@ static void on_commit(void *arg, int64_t head)
     bus_announce(arg, head);
 }
 
+/* Is the listen address loopback only (127.0.0.0/8, ::1, localhost)? */
+static bool listen_is_loopback(const char *listen)
+{
+    return strncmp(listen, "127.", 4) == 0 || strncmp(listen, "[::1]:", 6) == 0 ||
+           strncmp(listen, "localhost:", 10) == 0;
+}
+
 int service_serve(const struct config *cfg)
 {
+    struct auth *auth = NULL;
+    if (cfg->api_key_file != NULL && cfg->api_key_file[0] != '\0') {
+        struct err ae;
+        err_clear(&ae);
+        if (auth_load(cfg->api_key_file, &auth, &ae) != ERR_OK) {
+            fprintf(stderr, "rastro: %s\n", ae.msg);
+            return 1;
+        }
+    } else if (!listen_is_loopback(cfg->listen) && !cfg->insecure) {
+        fprintf(stderr,
+                "rastro: refusing to serve on %s with no API keys: anyone who can reach it could "
+                "write and read tracking data. Give --api-key-file FILE (lines \"KEY "
+                "ingest,read,admin\"), listen on 127.0.0.1, or pass --insecure if something in "
+                "front of rastro authenticates.\n", cfg->listen);
+        return 1;
+    }
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
@@ -106,6 +130,7 @@ int service_serve(const struct config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     if (ensure_dir(cfg->data) != 0) {
+        auth_free(auth);
         return 1;
     }
     /* every connection is a descriptor: take what the hard limit allows */
@@ -124,6 +149,7 @@ int service_serve(const struct config *cfg)
     }
     int lock = lock_data(cfg->data, "serve");
     if (lock < 0) {
+        auth_free(auth);
         return 1;
     }
     int status = 1;
@@ -165,6 +191,7 @@ int service_serve(const struct config *cfg)
         .ready_max_lag = cfg->ready_max_lag,
         .max_connections = (unsigned)cfg->max_connections,
         .idle_timeout_s = (unsigned)cfg->idle_timeout,
+        .auth = auth,
     };
     selfcheck = selfcheck_start(cfg);
     deps.verify = selfcheck_stats(selfcheck);
@@ -172,8 +199,9 @@ int service_serve(const struct config *cfg)
         log_error("cannot start HTTP server", "err=\"%s\"", e.msg);
         goto out;
     }
-    log_info("listening", "addr=%s data=%s position=%lld projected=%lld", cfg->listen, cfg->data,
-             (long long)head, (long long)projector_position(proj));
+    log_info("listening", "addr=%s data=%s position=%lld projected=%lld api_keys=%zu",
+             cfg->listen, cfg->data, (long long)head, (long long)projector_position(proj),
+             auth_count(auth));
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -200,6 +228,7 @@ out:
     committer_free(committer);
     bus_close(bus);
     close(lock);
+    auth_free(auth);
     return status;
 }
 

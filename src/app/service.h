@@ -16,6 +16,8 @@ struct config {
     int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */
     int64_t max_connections;
     int64_t idle_timeout;   /* seconds */
+    const char *api_key_file;   /* NULL = no keys */
+    int insecure;           /* allow a non-loopback listen address without keys */
     /* events */
     int64_t from;
     int64_t limit;          /* -1 = all */

@@ -187,6 +187,10 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
         *upload_size = 0;
         return MHD_YES;
     }
+    enum MHD_Result denied;
+    if (http_authorize(r, &denied) != ERR_OK) {
+        return denied;      /* after the body was read: MHD then answers cleanly */
+    }
     if (r->too_big) {
         counter_add(&r->srv->m.rejected[REJ_INVALID], 1);
         return http_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "body larger than 65536 bytes",

@@ -76,7 +76,12 @@ struct req {
     int64_t pos_header;             /* X-Rastro-Position, when >= 0 */
     int retry_after;                /* Retry-After seconds, when > 0 */
     int route_rc;                   /* route_match's answer */
+    bool www_authenticate;          /* a 401: say how to authenticate */
 };
+
+/* With API keys configured: ERR_OK if the request may proceed, else the
+ * 401/403 answer has been queued and *ret holds MHD's result. */
+int http_authorize(struct req *r, enum MHD_Result *ret);
 
 /* Queues a JSON response; takes the contents of body. */
 enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body);

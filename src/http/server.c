@@ -27,6 +27,7 @@
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
+#include "http/auth.h"
 #include "http/http_internal.h"
 
 static enum route_label route_label(const struct req *r)
@@ -140,12 +141,52 @@ enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
     if (rid != NULL) {
         MHD_add_response_header(resp, "X-Request-Id", rid);     /* echoed for tracing */
     }
+    if (r->www_authenticate) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"rastro\"");
+    }
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED && r->route.allow != NULL) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->route.allow);
     }
     enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+static int required_scope(const struct route *rt)
+{
+    switch (rt->id) {
+    case R_CMD: return SCOPE_INGEST;
+    case R_Q_BYID:
+    case R_Q_LIST:
+    case R_Q_STATS:
+    case R_Q_ESTADO: return SCOPE_READ;
+    case R_METRICS: return SCOPE_ADMIN;
+    default: return 0;      /* health probes need no key */
+    }
+}
+
+int http_authorize(struct req *r, enum MHD_Result *ret)
+{
+    const struct auth *a = r->srv->deps.auth;
+    int need = required_scope(&r->route);
+    if (a == NULL || need == 0) {
+        return ERR_OK;
+    }
+    const char *hdr = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                  MHD_HTTP_HEADER_AUTHORIZATION);
+    int have = auth_scopes(a, hdr);
+    if (have & need) {
+        return ERR_OK;
+    }
+    if (have == 0) {
+        r->www_authenticate = true;
+        *ret = http_reply_error(r, MHD_HTTP_UNAUTHORIZED,
+                                "missing or unknown API key (Authorization: Bearer KEY)", NULL);
+    } else {
+        *ret = http_reply_error(r, MHD_HTTP_FORBIDDEN, "this API key lacks the scope "
+                                "this route needs", NULL);
+    }
+    return ERR_STATE;
 }
 
 enum MHD_Result http_reply_error(struct req *r, unsigned status, const char *msg,
@@ -246,6 +287,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                                 "path");
     default:
         return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not found", NULL);
+    }
+    enum MHD_Result denied;
+    if (http_authorize(r, &denied) != ERR_OK) {
+        return denied;
     }
     if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH || r->route.id == R_LIVE ||
         r->route.id == R_READY || r->route.id == R_Q_ESTADO) {

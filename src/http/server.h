@@ -33,10 +33,12 @@ struct http_deps {
     int64_t ready_max_lag;          /* /health/ready: at most this many events behind */
     const struct verify_stats *verify;  /* NULL when the self-check is off */
     unsigned max_connections;       /* 0 = 10000 */
+    const struct auth *auth;        /* API keys; NULL = no authentication */
     unsigned idle_timeout_s;        /* idle or slow connections are closed; 0 = 60 */
 };
 
 struct http_server;
+struct auth;
 
 /* listen: "ADDR:PORT" (IPv4 or [IPv6]:PORT). */
 int http_start(const char *listen, const struct http_deps *deps, struct http_server **out,
