@@ -20,7 +20,7 @@ PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjs
 # and the two other JSON libraries the JSON row compares cJSON with.
 BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev
 
-.PHONY: all run test deps clean bench bench-json fuzz
+.PHONY: all run test test-deep deps clean bench bench-json fuzz
 
 all:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRASTRO_WERROR=$(WERROR) >/dev/null
@@ -51,6 +51,21 @@ bench-json:
 	@sh tools/install-deps.sh $(BENCH_PKGS)
 	$(MAKE) -C bench/json run
 
+# The whole suite once under ThreadSanitizer, then the end-to-end tests with
+# the server under valgrind's memcheck (errors or definite leaks fail the
+# server's exit code, which the tests check). Slower; not in every CI run.
+test-deep: deps
+	@sh tools/install-deps.sh valgrind
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS="-fsanitize=thread -g -O1" \
+	  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" -DRASTRO_WERROR=$(WERROR) >/dev/null
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 900
+	cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DRASTRO_WERROR=$(WERROR) >/dev/null
+	cmake --build build-valgrind -j $(JOBS) --target rastro
+	for t in commands queries lifecycle metrics auth crash; do \
+	  RASTRO_BIN=$(CURDIR)/tools/valgrind-rastro python3 tests/e2e/test_$$t.py || exit 1; \
+	done
+
 # libFuzzer on the command decoder, the router and the event decoder, each
 # for FUZZ_SECONDS (default 60). New inputs go to a scratch corpus; a crash
 # is written to tests/fuzz/crash-* (add it to tests/fuzz/corpus/<target>/ as
@@ -67,4 +82,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf $(BUILD) $(TEST_BUILD) build-fuzz
+	rm -rf $(BUILD) $(TEST_BUILD) build-fuzz build-tsan build-valgrind

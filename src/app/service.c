@@ -90,6 +90,7 @@ struct selfcheck;
 static struct selfcheck *selfcheck_start(const struct config *cfg);
 static const struct verify_stats *selfcheck_stats(struct selfcheck *sc);
 static void selfcheck_stop(struct selfcheck *sc);
+static void selfcheck_free(struct selfcheck *sc);
 
 static void on_commit(void *arg, int64_t head)
 {
@@ -220,6 +221,7 @@ out:
         usleep(10000);      /* resumed connections are answering */
     }
     http_stop(http);
+    selfcheck_free(selfcheck);
     if (proj != NULL && status == 0) {
         log_info("stopped", "position=%lld projected=%lld",
                  (long long)committer_head(committer), (long long)projector_position(proj));
@@ -591,6 +593,14 @@ static void selfcheck_stop(struct selfcheck *sc)
     pthread_cond_signal(&sc->cv);
     pthread_mutex_unlock(&sc->mu);
     pthread_join(sc->thread, NULL);     /* a check under way runs to its end */
+}
+
+/* After the HTTP server stopped: /metrics reads the stats until then. */
+static void selfcheck_free(struct selfcheck *sc)
+{
+    if (sc == NULL) {
+        return;
+    }
     pthread_mutex_destroy(&sc->mu);
     pthread_cond_destroy(&sc->cv);
     free(sc);
