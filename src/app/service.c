@@ -234,15 +234,21 @@ out:
     return status;
 }
 
-/* Removes path and its -wal and -shm companions. */
-static void remove_db(const char *path)
+/* Removes a database's -wal and -shm companions. */
+static void remove_companions(const char *path)
 {
     char p[4500];
-    unlink(path);
     snprintf(p, sizeof(p), "%s-wal", path);
     unlink(p);
     snprintf(p, sizeof(p), "%s-shm", path);
     unlink(p);
+}
+
+/* Removes path and its -wal and -shm companions. */
+static void remove_db(const char *path)
+{
+    unlink(path);
+    remove_companions(path);
 }
 
 static int fsync_path(const char *path, int flags)
@@ -299,11 +305,7 @@ int service_rebuild(const struct config *cfg)
     }
     sqlite3_close(db);
     /* the old WAL must go before the swap: it belongs to the old file */
-    char p1[4200];
-    snprintf(p1, sizeof(p1), "%s-wal", rm_path);
-    unlink(p1);
-    snprintf(p1, sizeof(p1), "%s-shm", rm_path);
-    unlink(p1);
+    remove_companions(rm_path);
     if (fsync_path(tmp, O_RDONLY) != 0 || rename(tmp, rm_path) != 0 ||
         fsync_path(cfg->data, O_RDONLY | O_DIRECTORY) != 0) {
         fprintf(stderr, "rastro: rebuild failed swapping in %s: %s\n", rm_path, strerror(errno));

@@ -200,22 +200,12 @@ enum MHD_Result h_metrics(struct req *r)
 {
     struct buf b;
     buf_init(&b, 0);
-    int rc = render(r->srv, &b);
-    if (rc != ERR_OK) {
-        buf_fini(&b);
-        return http_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics", NULL);
+    enum MHD_Result ret;
+    if (render(r->srv, &b) != ERR_OK) {
+        ret = http_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics", NULL);
+    } else {
+        ret = http_reply_typed(r, MHD_HTTP_OK, &b, "text/plain; version=0.0.4; charset=utf-8");
     }
-    size_t len = b.len;
-    char *p = buf_take(&b);
-    counter_add(&r->srv->m.requests[RL_METRICS][SL_200], 1);
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, p, MHD_RESPMEM_MUST_FREE);
-    if (resp == NULL) {
-        free(p);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8");
-    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
-    MHD_destroy_response(resp);
+    buf_fini(&b);
     return ret;
 }

@@ -85,6 +85,9 @@ int http_authorize(struct req *r, enum MHD_Result *ret);
 
 /* Queues a JSON response; takes the contents of body. */
 enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body);
+/* The same with another content type. */
+enum MHD_Result http_reply_typed(struct req *r, unsigned status, struct buf *body,
+                                 const char *content_type);
 /* {"error": msg, "field": field (omitted when NULL)} */
 enum MHD_Result http_reply_error(struct req *r, unsigned status, const char *msg,
                                  const char *field);

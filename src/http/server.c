@@ -117,6 +117,12 @@ static void log_request(struct req *r, unsigned status)
 
 enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
 {
+    return http_reply_typed(r, status, body, "application/json; charset=utf-8");
+}
+
+enum MHD_Result http_reply_typed(struct req *r, unsigned status, struct buf *body,
+                                 const char *content_type)
+{
     counter_add(&r->srv->m.requests[route_label(r)][status_label(status)], 1);
     log_request(r, status);
     size_t len = body->len;
@@ -126,7 +132,7 @@ enum MHD_Result http_reply(struct req *r, unsigned status, struct buf *body)
         free(p);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json; charset=utf-8");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (r->pos_header >= 0) {
         char v[32];
         snprintf(v, sizeof(v), "%lld", (long long)r->pos_header);

@@ -834,6 +834,35 @@ int lsmidx_find(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t 
     return rc;
 }
 
+int lsmidx_find_all(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h,
+                    struct lsmidx_hits *hits, struct err *e)
+{
+    hits->v = hits->small;
+    size_t cap = ARRAY_LEN(hits->small);
+    int rc = lsmidx_find(ix, r, h, hits->v, cap, &hits->n, e);
+    if (rc == ERR_OK && hits->n > cap) {
+        cap = hits->n + 16;     /* more may arrive between the two reads */
+        hits->v = xmalloc(cap * sizeof(*hits->v));
+        rc = lsmidx_find(ix, r, h, hits->v, cap, &hits->n, e);
+    }
+    if (hits->n > cap) {
+        hits->n = cap;
+    }
+    if (rc != ERR_OK) {
+        hits->n = 0;
+    }
+    return rc;
+}
+
+void lsmidx_hits_fini(struct lsmidx_hits *hits)
+{
+    if (hits->v != hits->small) {
+        free(hits->v);
+    }
+    hits->v = hits->small;
+    hits->n = 0;
+}
+
 /* Takes up to *need positions of h from one memtable, after skipping
  * *skip of them. Caller holds mu. */
 static void take_mem(const struct idindex *m, uint64_t h, int64_t *skip, int64_t *out,

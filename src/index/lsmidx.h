@@ -88,6 +88,17 @@ void lsmidx_reader_close(struct lsmidx_reader *r);
 int lsmidx_find(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t *out,
                 size_t max, size_t *n, struct err *e) WARN_UNUSED;
 
+/* Every position stored under h, however many (a small inline buffer,
+ * the heap past it). lsmidx_hits_fini() after. */
+struct lsmidx_hits {
+    int64_t *v;
+    size_t n;
+    int64_t small[16];
+};
+int lsmidx_find_all(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h,
+                    struct lsmidx_hits *hits, struct err *e) WARN_UNUSED;
+void lsmidx_hits_fini(struct lsmidx_hits *hits);
+
 /* A key's positions newest first, as list queries want them: skips offset,
  * writes up to limit into out and their number into *n. */
 int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t offset,

@@ -794,29 +794,16 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
     if (st == NULL) {
         return ERR_IO;
     }
-    int64_t small[8];
-    int64_t *cand = small;
-    size_t cap = ARRAY_LEN(small), n = 0;
-    uint64_t h = id_hash(rm->ix->ids, kind, id);
-    int rc = lsmidx_find(rm->ix->ids, rm->ids_r, h, cand, cap, &n, e);
-    if (rc == ERR_OK && n > cap) {      /* more candidates than expected: take them all */
-        cap = n + 8;
-        cand = xmalloc(cap * sizeof(*cand));
-        rc = lsmidx_find(rm->ix->ids, rm->ids_r, h, cand, cap, &n, e);
-        if (n > cap) {
-            n = cap;
-        }
-    }
+    struct lsmidx_hits cand;
+    int rc = lsmidx_find_all(rm->ix->ids, rm->ids_r, id_hash(rm->ix->ids, kind, id), &cand, e);
     if (rc != ERR_OK) {
-        if (cand != small) {
-            free(cand);
-        }
+        lsmidx_hits_fini(&cand);
         return rc;
     }
     rc = err_set(e, ERR_NOTFOUND, "%s '%s' not found", conv ? "conversion" : "impression", id);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < cand.n; i++) {
         int step_rc;
-        if (!row_at(st, cand[i], &step_rc)) {
+        if (!row_at(st, cand.v[i], &step_rc)) {
             if (step_rc != SQLITE_DONE) {
                 rc = db_err(rm, e, "reading by id");
                 break;
@@ -850,9 +837,7 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
         break;
     }
     sqlite3_reset(st);
-    if (cand != small) {
-        free(cand);
-    }
+    lsmidx_hits_fini(&cand);
     return rc;
 }
 

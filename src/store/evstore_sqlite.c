@@ -214,24 +214,13 @@ static uint64_t stream_hash(struct sqlite_store *s, const char *stream_id)
 static int find_stream(struct sqlite_store *s, const char *stream_id, int64_t *version,
                        int64_t *last_pos, struct err *e)
 {
-    int64_t small[16];
-    int64_t *cand = small;
-    size_t cap = ARRAY_LEN(small), n = 0;
-    uint64_t h = stream_hash(s, stream_id);
-    int rc = lsmidx_find(s->streams, s->sr, h, cand, cap, &n, e);
-    if (rc == ERR_OK && n > cap) {
-        cap = n + 16;
-        cand = xmalloc(cap * sizeof(*cand));
-        rc = lsmidx_find(s->streams, s->sr, h, cand, cap, &n, e);
-        if (n > cap) {
-            n = cap;
-        }
-    }
+    struct lsmidx_hits cand;
+    int rc = lsmidx_find_all(s->streams, s->sr, stream_hash(s, stream_id), &cand, e);
     int64_t best_v = 0, best_p = 0;
-    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+    for (size_t i = 0; i < cand.n && rc == ERR_OK; i++) {
         char sid[1024];
         int64_t v = 0;
-        int r = at_position(s, cand[i], sid, sizeof(sid), &v, e);
+        int r = at_position(s, cand.v[i], sid, sizeof(sid), &v, e);
         if (r == ERR_NOTFOUND) {
             continue;
         }
@@ -241,12 +230,10 @@ static int find_stream(struct sqlite_store *s, const char *stream_id, int64_t *v
         }
         if (strcmp(sid, stream_id) == 0 && v > best_v) {
             best_v = v;
-            best_p = cand[i];
+            best_p = cand.v[i];
         }
     }
-    if (cand != small) {
-        free(cand);
-    }
+    lsmidx_hits_fini(&cand);
     if (rc != ERR_OK) {
         return rc;
     }
