@@ -13,9 +13,10 @@ DATA       ?= ./data
 WERROR     := $(if $(filter true 1,$(CI)),ON,OFF)
 
 # Debian packages the build, the tests and `make run` need (prometheus: its
-# promtool checks the /metrics exposition in the tests).
+# promtool checks the /metrics exposition in the tests; postgresql-15: the
+# tests start a throwaway cluster for the PostgreSQL store).
 PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjson-dev \
-        python3 sqlite3 prometheus
+        libpq-dev python3 sqlite3 prometheus postgresql-15 postgresql-client-15
 # ... and the benchmark: the load generator, nginx as the HTTP ceiling, curl,
 # and the two other JSON libraries the JSON row compares cJSON with.
 BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev

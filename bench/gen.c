@@ -4,9 +4,10 @@
  * influencers) straight into a data folder's event store through the
  * evstore interface, in batches of 4,096, so the benchmark can measure
  * rebuild, memory and ingest at 1 and 10 million stored events without
- * spending an hour on HTTP first. Not part of the product.
+ * spending an hour on HTTP first; with a store spec and a batch size it
+ * measures each backend's append throughput. Not part of the product.
  *
- *   rastro-gen DIR N
+ *   rastro-gen DIR N [STORE [BATCH]]     (STORE: sqlite or postgres://...)
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,18 +25,24 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: rastro-gen DIR N\n");
+    if (argc < 3 || argc > 5) {
+        fprintf(stderr, "usage: rastro-gen DIR N [STORE [BATCH]]\n");
         return 2;
     }
     long long total = atoll(argv[2]);
+    const char *spec = argc > 3 ? argv[3] : "sqlite";
+    size_t batch = argc > 4 ? (size_t)atoll(argv[4]) : BATCH;
+    if (batch < 1 || batch > BATCH) {
+        fprintf(stderr, "rastro-gen: BATCH from 1 to %d\n", BATCH);
+        return 2;
+    }
     struct evstore *s = NULL;
     struct err e;
     if (mkdir(argv[1], 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "rastro-gen: cannot create %s: %s\n", argv[1], strerror(errno));
         return 1;
     }
-    if (evstore_open("sqlite", argv[1], 0, &s, &e) != ERR_OK) {
+    if (evstore_open(spec, argv[1], 0, &s, &e) != ERR_OK) {
         fprintf(stderr, "rastro-gen: %s\n", e.msg);
         return 1;
     }
@@ -47,7 +54,7 @@ int main(int argc, char **argv)
     unsigned seed = 12345;
     int64_t t0 = time_mono_us();
     for (long long done = 0; done < total;) {
-        size_t n = total - done < BATCH ? (size_t)(total - done) : BATCH;
+        size_t n = total - done < (long long)batch ? (size_t)(total - done) : batch;
         for (size_t i = 0; i < n; i++) {
             struct tracking t;
             memset(&t, 0, sizeof(t));

@@ -1,5 +1,6 @@
 /*
- * main.c - command line: rastro serve | rebuild | events | --help | --version.
+ * main.c - command line: rastro serve | rebuild | events | verify | migrate |
+ * --help | --version.
  * Options come from flags first, then RASTRO_* environment variables, then
  * defaults.
  */
@@ -16,7 +17,8 @@ static const char usage[] =
     "rastro " RASTRO_VERSION " - impression and conversion tracking (event sourcing + CQRS)\n"
     "\n"
     "Usage:\n"
-    "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--threads N] [--log-level L]\n"
+    "  rastro serve   [--listen ADDR:PORT] [--data DIR] [--store SPEC] [--threads N]\n"
+    "                 [--log-level L]\n"
     "                 [--ready-max-lag N] [--verify-every S] [--max-connections N]\n"
     "                 [--idle-timeout S] [--api-key-file FILE] [--insecure]\n"
     "      Serve the HTTP API: commands (POST /tracking/impresiones, /tracking/conversiones)\n"
@@ -30,6 +32,9 @@ static const char usage[] =
     "  rastro verify  [--data DIR]\n"
     "      Recompute every read model from the log (up to the stored checkpoint) and\n"
     "      compare row by row; prints each difference; exit 1 if any. The server may run.\n"
+    "  rastro migrate [--store SPEC] [--data DIR]\n"
+    "      Create or upgrade the event store's schema (PostgreSQL needs this once before\n"
+    "      serve; serve refuses a database without it, or with a newer one). Safe to repeat.\n"
     "  rastro --help | --version\n"
     "\n"
     "Probes: GET /health/live, GET /health/ready, GET /tracking/queries/estado,\n"
@@ -38,7 +43,10 @@ static const char usage[] =
     "Options:\n"
     "  --listen ADDR:PORT  where to listen (env RASTRO_LISTEN; default 127.0.0.1:8000)\n"
     "  --data DIR          data folder: events.db, readmodels.db (env RASTRO_DATA; default ./data)\n"
-    "  --store SPEC        event store: sqlite (env RASTRO_STORE; default sqlite)\n"
+    "  --store SPEC        event store (env RASTRO_STORE; default sqlite): sqlite, the file\n"
+    "                      DIR/events.db; or postgres://USER[:PASS]@HOST:PORT/DB, a\n"
+    "                      central PostgreSQL store several processes append to (libpq URL;\n"
+    "                      PGPASSWORD and ~/.pgpass work too)\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
     "  --api-key-file FILE API keys, one a line: \"KEY ingest,read,admin\" (env RASTRO_API_KEYS).\n"
     "                      Then every route but the health probes needs\n"
@@ -205,6 +213,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "verify") == 0) {
         return service_verify(&cfg);
+    }
+    if (strcmp(cmd, "migrate") == 0) {
+        return service_migrate(&cfg);
     }
     fprintf(stderr, "rastro: unknown command '%s'. Try 'rastro --help'.\n", cmd);
     return 2;

@@ -176,7 +176,8 @@ int service_serve(const struct config *cfg)
         evstore_close(store);
         goto out;
     }
-    log_info("event store open", "store=%s events=%lld open_ms=%lld", cfg->store,
+    /* the backend's name, not the spec: a URL may hold a password */
+    log_info("event store open", "store=%s events=%lld open_ms=%lld", store->ops->name,
              (long long)head, (long long)((time_mono_us() - t0) / 1000));
     committer = committer_new(store, COMMIT_BATCH_MAX);
     bus = bus_local_new(head);
@@ -606,4 +607,24 @@ static void selfcheck_free(struct selfcheck *sc)
     pthread_mutex_destroy(&sc->mu);
     pthread_cond_destroy(&sc->cv);
     free(sc);
+}
+
+int service_migrate(const struct config *cfg)
+{
+    if (!evstore_is_postgres(cfg->store) && ensure_dir(cfg->data) != 0) {
+        return 1;
+    }
+    struct err e;
+    err_clear(&e);
+    int from = 0, to = 0;
+    if (evstore_migrate(cfg->store, cfg->data, &from, &to, &e) != ERR_OK) {
+        fprintf(stderr, "rastro: migrate: %s\n", e.msg);
+        return 1;
+    }
+    if (from == to) {
+        printf("event store schema is at version %d; nothing to do\n", to);
+    } else {
+        printf("event store schema migrated from version %d to %d\n", from, to);
+    }
+    return 0;
 }

@@ -10,7 +10,7 @@
 struct config {
     const char *listen;     /* serve */
     const char *data;       /* data folder */
-    const char *store;      /* event store spec ("sqlite") */
+    const char *store;      /* event store spec ("sqlite", "postgres://...") */
     unsigned threads;       /* HTTP threads, 0 = CPUs */
     int64_t ready_max_lag;  /* /health/ready: projections at most this many events behind */
     int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */
@@ -30,5 +30,7 @@ int service_rebuild(const struct config *cfg);
 int service_events(const struct config *cfg);
 /* 0 consistent, 1 differences found (printed), 2 could not check. */
 int service_verify(const struct config *cfg);
+/* Applies the event store's schema: 0 done, 1 failed. */
+int service_migrate(const struct config *cfg);
 
 #endif

@@ -167,6 +167,11 @@ void time_format_iso8601(int64_t us, char *out)
     int64_t y;
     unsigned m, d;
     civil_from_days(days, &y, &m, &d);
-    snprintf(out, TS_STR_LEN + 1, "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ", (int)y, m, d,
-             (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), (int)rem);
+    /* the ranges are known (years 0-9999 in practice), which the compiler
+     * cannot see: format into a roomy buffer, then copy what fits */
+    char tmp[64];
+    snprintf(tmp, sizeof(tmp), "%04d-%02u-%02uT%02d:%02d:%02d.%06dZ", (int)y, m % 100u,
+             d % 100u, (int)(sod / 3600), (int)(sod / 60 % 60), (int)(sod % 60), (int)rem);
+    memcpy(out, tmp, TS_STR_LEN);
+    out[TS_STR_LEN] = '\0';
 }

@@ -17,13 +17,15 @@
  * (ERR_IO).
  *
  * Backends are a table of function pointers (like curl's vtls and SQLite's
- * VFS): evstore_sqlite.c today, PostgreSQL later. The contract suite in
- * tests/unit/test_evstore_contract.c runs against every backend.
+ * VFS): evstore_sqlite.c (the embedded file) and evstore_pg.c (PostgreSQL,
+ * for handlers on several machines). The contract suite in
+ * tests/unit/test_evstore_contract.c runs against both.
  * Thread-safety: none; open one struct evstore per thread.
  */
 #ifndef RASTRO_STORE_EVSTORE_H
 #define RASTRO_STORE_EVSTORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -95,11 +97,22 @@ struct evstore {
 
 /*
  * Opens the store named by spec: "sqlite" (or NULL/empty) is the embedded
- * file data_dir/events.db. Returns ERR_OK and sets *out, or an error with a
- * message in e (ERR_STATE for a schema this build does not know).
+ * file data_dir/events.db; "postgres://..." or "postgresql://..." a
+ * PostgreSQL database (a libpq URL). Returns ERR_OK and sets *out, or an
+ * error with a message in e (ERR_STATE for a schema this build does not
+ * know, or none yet: see evstore_migrate).
  */
 int evstore_open(const char *spec, const char *data_dir, int flags, struct evstore **out,
                  struct err *e) WARN_UNUSED;
+
+/* Brings the store's schema to this build's version (`rastro migrate`):
+ * *from and *to tell what it was and is. Safe to run again and from
+ * several processes at once. SQLite creates its schema when opened. */
+int evstore_migrate(const char *spec, const char *data_dir, int *from, int *to,
+                    struct err *e) WARN_UNUSED;
+
+/* Whether spec names PostgreSQL. */
+bool evstore_is_postgres(const char *spec);
 
 /* n events in one transaction; out has n entries. */
 static inline int evstore_append(struct evstore *s, const struct event_in *ev, size_t n,
@@ -149,5 +162,7 @@ void evstore_global_init(void);
 
 /* Backend constructors, for evstore_open. */
 int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struct err *e);
+int evstore_pg_open(const char *url, int flags, struct evstore **out, struct err *e);
+int evstore_pg_migrate(const char *url, int *from, int *to, struct err *e);
 
 #endif
