@@ -14,9 +14,11 @@ WERROR     := $(if $(filter true 1,$(CI)),ON,OFF)
 
 # Debian packages the build, the tests and `make run` need (prometheus: its
 # promtool checks the /metrics exposition in the tests; postgresql-15: the
-# tests start a throwaway cluster for the PostgreSQL store).
+# tests start a throwaway cluster for the PostgreSQL store; nats-server: the
+# tests start JetStream servers for the distributed roles).
 PKGS := build-essential cmake pkg-config libmicrohttpd-dev libsqlite3-dev libcjson-dev \
-        libpq-dev python3 sqlite3 prometheus postgresql-15 postgresql-client-15
+        libpq-dev libnats-dev python3 sqlite3 prometheus postgresql-15 postgresql-client-15 \
+        nats-server
 # ... and the benchmark: the load generator, nginx as the HTTP ceiling, curl,
 # and the two other JSON libraries the JSON row compares cJSON with.
 BENCH_PKGS := $(PKGS) wrk nginx-light curl libjson-c-dev libjansson-dev

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "app/dist.h"
 #include "app/service.h"
 #include "core/log.h"
 #include "store/evstore.h"
@@ -32,6 +33,18 @@ static const char usage[] =
     "  rastro verify  [--data DIR]\n"
     "      Recompute every read model from the log (up to the stored checkpoint) and\n"
     "      compare row by row; prints each difference; exit 1 if any. The server may run.\n"
+    "  rastro serve --bus nats://HOST:PORT --role ROLES [--store SPEC] [--replicas N]\n"
+    "                 [--node NAME] [other serve options]\n"
+    "      One part of the distributed topology (README \"Scaling out\"). ROLES, comma list:\n"
+    "        api      command endpoints; with --store: 202 once durable in the store; without:\n"
+    "                 published to JetStream (TRACKING_COMMANDS), 202 once JetStream has it\n"
+    "        handler  takes commands from the bus, appends them to the store (--store)\n"
+    "        relay    publishes the store's events to TRACKING_EVENTS, in position order\n"
+    "        query    its own read models in --data, fed from TRACKING_EVENTS; serves queries\n"
+    "                 (with --store it fills gaps from the store)\n"
+    "  rastro dlq list|replay --bus URL [--seq N]\n"
+    "      Show the commands that kept failing (TRACKING_DLQ) as JSON lines, or send them\n"
+    "      back to the handlers (all, or --seq N) after a fix.\n"
     "  rastro migrate [--store SPEC] [--data DIR]\n"
     "      Create or upgrade the event store's schema (PostgreSQL needs this once before\n"
     "      serve; serve refuses a database without it, or with a newer one). Safe to repeat.\n"
@@ -47,6 +60,14 @@ static const char usage[] =
     "                      DIR/events.db; or postgres://USER[:PASS]@HOST:PORT/DB, a\n"
     "                      central PostgreSQL store several processes append to (libpq URL;\n"
     "                      PGPASSWORD and ~/.pgpass work too)\n"
+    "  --bus URL           NATS server(s), comma list (env RASTRO_BUS); needs --role\n"
+    "  --role ROLES        all (default: the embedded process, no bus) or a comma list of\n"
+    "                      api, handler, relay, query (env RASTRO_ROLE)\n"
+    "  --replicas N        copies of each JetStream stream, for a NATS cluster (default 1;\n"
+    "                      3 recommended in production)\n"
+    "  --node NAME         query: this node's name, its durable consumer query-NAME\n"
+    "                      (default: derived from the data folder)\n"
+    "  --seq N             dlq: only the message with this DLQ sequence\n"
     "  --threads N         HTTP worker threads (default: one per CPU)\n"
     "  --api-key-file FILE API keys, one a line: \"KEY ingest,read,admin\" (env RASTRO_API_KEYS).\n"
     "                      Then every route but the health probes needs\n"
@@ -103,6 +124,11 @@ int main(int argc, char **argv)
         .listen = env_or("RASTRO_LISTEN", "127.0.0.1:8000"),
         .data = env_or("RASTRO_DATA", "./data"),
         .store = env_or("RASTRO_STORE", "sqlite"),
+        .store_given = getenv("RASTRO_STORE") != NULL && getenv("RASTRO_STORE")[0] != '\0',
+        .bus = getenv("RASTRO_BUS") != NULL && getenv("RASTRO_BUS")[0] != '\0'
+                   ? getenv("RASTRO_BUS") : NULL,
+        .roles_text = env_or("RASTRO_ROLE", "all"),
+        .replicas = 1,
         .threads = 0,
         .ready_max_lag = 10000,
         .verify_every = 86400,
@@ -129,17 +155,47 @@ int main(int argc, char **argv)
         { "limit", required_argument, NULL, 'n' },
         { "stream", required_argument, NULL, 'S' },
         { "type", required_argument, NULL, 't' },
+        { "bus", required_argument, NULL, 'B' },
+        { "role", required_argument, NULL, 'O' },
+        { "replicas", required_argument, NULL, 'P' },
+        { "node", required_argument, NULL, 'N' },
+        { "seq", required_argument, NULL, 'Q' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    /* rastro dlq ACTION [options] */
+    const char *dlq_action = NULL;
     optind = 2;
+    if (strcmp(cmd, "dlq") == 0) {
+        if (argc < 3 || (strcmp(argv[2], "list") != 0 && strcmp(argv[2], "replay") != 0)) {
+            fprintf(stderr, "rastro: dlq wants list or replay. Try 'rastro --help'.\n");
+            return 2;
+        }
+        dlq_action = argv[2];
+        optind = 3;
+    }
+    int64_t dlq_seq = 0;
     int c;
     int64_t v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'l': cfg.listen = optarg; break;
         case 'd': cfg.data = optarg; break;
-        case 's': cfg.store = optarg; break;
+        case 's': cfg.store = optarg; cfg.store_given = 1; break;
+        case 'B': cfg.bus = optarg; break;
+        case 'O': cfg.roles_text = optarg; break;
+        case 'N': cfg.node = optarg; break;
+        case 'P':
+            if (parse_i64(optarg, "--replicas", 1, &v) != 0 || v > 5) {
+                return 2;
+            }
+            cfg.replicas = (int)v;
+            break;
+        case 'Q':
+            if (parse_i64(optarg, "--seq", 1, &dlq_seq) != 0) {
+                return 2;
+            }
+            break;
         case 'L': level = optarg; break;
         case 'S': cfg.stream = optarg; break;
         case 't': cfg.type = optarg; break;
@@ -201,6 +257,18 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(lvl);
+    if (dist_parse_roles(cfg.roles_text, &cfg.roles) != 0) {
+        fprintf(stderr, "rastro: --role wants all, or a comma list of api, handler, relay, query;"
+                        " got '%s'\n", cfg.roles_text);
+        return 2;
+    }
+    if (strcmp(cmd, "serve") == 0 && (cfg.roles != ROLE_ALL) != (cfg.bus != NULL)) {
+        fprintf(stderr, cfg.bus == NULL
+                            ? "rastro: --role %s needs --bus nats://HOST:PORT (or RASTRO_BUS)\n"
+                            : "rastro: --bus needs --role (api, handler, relay, query; got %s)\n",
+                cfg.roles_text);
+        return 2;
+    }
     evstore_global_init();
     if (strcmp(cmd, "serve") == 0) {
         return service_serve(&cfg);
@@ -216,6 +284,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "migrate") == 0) {
         return service_migrate(&cfg);
+    }
+    if (dlq_action != NULL) {
+        return service_dlq(&cfg, dlq_action, dlq_seq);
     }
     fprintf(stderr, "rastro: unknown command '%s'. Try 'rastro --help'.\n", cmd);
     return 2;

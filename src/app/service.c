@@ -11,6 +11,7 @@
  * rebuild out while one runs.
  */
 #include "app/service.h"
+#include "app/dist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,6 +98,12 @@ static void on_commit(void *arg, int64_t head)
     bus_announce(arg, head);
 }
 
+static void submit_to_committer(void *arg, struct commit_req *r, bool ts_defaulted)
+{
+    (void)ts_defaulted;     /* the store has the first event to compare with */
+    committer_submit(arg, r);
+}
+
 /* Is the listen address loopback only (127.0.0.0/8, ::1, localhost)? */
 static bool listen_is_loopback(const char *listen)
 {
@@ -162,30 +169,44 @@ int service_serve(const struct config *cfg)
     struct projector *proj = NULL;
     struct http_server *http = NULL;
     struct selfcheck *selfcheck = NULL;
+    struct dist dist = { 0 };
     char rm_path[4096];
     path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path));
-
-    int64_t t0 = time_mono_us();
-    if (evstore_open(cfg->store, cfg->data, 0, &store, &e) != ERR_OK) {
-        log_error("cannot open event store", "err=\"%s\"", e.msg);
-        goto out;
-    }
+    int roles = cfg->roles;
+    bool embedded = roles == ROLE_ALL;
     int64_t head = 0;
-    if (evstore_head(store, &head, &e) != ERR_OK) {
-        log_error("cannot read event store head", "err=\"%s\"", e.msg);
-        evstore_close(store);
+
+    if (!embedded && dist_open_bus(cfg, &dist, &e) != ERR_OK) {
+        log_error("cannot use the message bus", "err=\"%s\"", e.msg);
         goto out;
     }
-    /* the backend's name, not the spec: a URL may hold a password */
-    log_info("event store open", "store=%s events=%lld open_ms=%lld", store->ops->name,
-             (long long)head, (long long)((time_mono_us() - t0) / 1000));
-    committer = committer_new(store, COMMIT_BATCH_MAX);
-    bus = bus_local_new(head);
-    committer_set_listener(committer, on_commit, bus);
-
-    if (projector_new(cfg->store, cfg->data, rm_path, bus, 0, &proj, &e) != ERR_OK ||
-        projector_start(proj, &e) != ERR_OK) {
-        log_error("cannot start projections", "err=\"%s\"", e.msg);
+    /* a store and a committer: the embedded process, or an api given --store */
+    if (embedded || ((roles & ROLE_API) && cfg->store_given)) {
+        int64_t t0 = time_mono_us();
+        if (evstore_open(cfg->store, cfg->data, 0, &store, &e) != ERR_OK) {
+            log_error("cannot open event store", "err=\"%s\"", e.msg);
+            goto out;
+        }
+        if (evstore_head(store, &head, &e) != ERR_OK) {
+            log_error("cannot read event store head", "err=\"%s\"", e.msg);
+            evstore_close(store);
+            goto out;
+        }
+        /* the backend's name, not the spec: a URL may hold a password */
+        log_info("event store open", "store=%s events=%lld open_ms=%lld", store->ops->name,
+                 (long long)head, (long long)((time_mono_us() - t0) / 1000));
+        committer = committer_new(store, COMMIT_BATCH_MAX);
+    }
+    if (embedded) {
+        bus = bus_local_new(head);
+        committer_set_listener(committer, on_commit, bus);
+        if (projector_new(cfg->store, cfg->data, rm_path, bus, 0, &proj, &e) != ERR_OK ||
+            projector_start(proj, &e) != ERR_OK) {
+            log_error("cannot start projections", "err=\"%s\"", e.msg);
+            goto out;
+        }
+    } else if (dist_start_roles(cfg, &dist, rm_path, &proj, &e) != ERR_OK) {
+        log_error("cannot start the node's roles", "err=\"%s\"", e.msg);
         goto out;
     }
     struct http_deps deps = {
@@ -194,16 +215,26 @@ int service_serve(const struct config *cfg)
         .max_connections = (unsigned)cfg->max_connections,
         .idle_timeout_s = (unsigned)cfg->idle_timeout,
         .auth = auth,
+        .roles = cfg->roles_text,
     };
-    selfcheck = selfcheck_start(cfg);
-    deps.verify = selfcheck_stats(selfcheck);
+    if (committer != NULL && (embedded || (roles & ROLE_API))) {
+        deps.submit = submit_to_committer;
+        deps.submit_arg = committer;
+    }
+    if (!embedded) {
+        dist_http_deps(&dist, &deps);
+    }
+    if (embedded || ((roles & ROLE_QUERY) && cfg->store_given)) {
+        selfcheck = selfcheck_start(cfg);
+        deps.verify = selfcheck_stats(selfcheck);
+    }
     if (http_start(cfg->listen, &deps, &http, &e) != ERR_OK) {
         log_error("cannot start HTTP server", "err=\"%s\"", e.msg);
         goto out;
     }
-    log_info("listening", "addr=%s data=%s position=%lld projected=%lld api_keys=%zu",
-             cfg->listen, cfg->data, (long long)head, (long long)projector_position(proj),
-             auth_count(auth));
+    log_info("listening", "addr=%s data=%s roles=%s position=%lld projected=%lld api_keys=%zu",
+             cfg->listen, cfg->data, cfg->roles_text, (long long)head,
+             (long long)(proj != NULL ? projector_position(proj) : 0), auth_count(auth));
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -215,6 +246,7 @@ out:
     if (committer != NULL) {
         committer_stop(committer);
     }
+    dist_stop_roles(&dist);     /* handler, relay: finish their batch */
     if (proj != NULL) {
         projector_stop(proj);
     }
@@ -225,10 +257,12 @@ out:
     selfcheck_free(selfcheck);
     if (proj != NULL && status == 0) {
         log_info("stopped", "position=%lld projected=%lld",
-                 (long long)committer_head(committer), (long long)projector_position(proj));
+                 (long long)(committer != NULL ? committer_head(committer) : head),
+                 (long long)projector_position(proj));
     }
     projector_free(proj);
     committer_free(committer);
+    dist_close(&dist);          /* the bus last: publishes in flight are answered */
     bus_close(bus);
     close(lock);
     auth_free(auth);

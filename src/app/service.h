@@ -7,10 +7,25 @@
 
 #include <stdint.h>
 
+/* Roles of a serve process (--role). ROLE_ALL: the embedded single process. */
+enum {
+    ROLE_API = 1 << 0,
+    ROLE_HANDLER = 1 << 1,
+    ROLE_RELAY = 1 << 2,
+    ROLE_QUERY = 1 << 3,
+    ROLE_ALL = 0,
+};
+
 struct config {
     const char *listen;     /* serve */
     const char *data;       /* data folder */
     const char *store;      /* event store spec ("sqlite", "postgres://...") */
+    int store_given;        /* --store or RASTRO_STORE was set */
+    const char *bus;        /* NATS URL(s), or NULL: no bus */
+    int roles;              /* ROLE_* bits; ROLE_ALL = embedded */
+    const char *roles_text; /* as given, for logs and answers */
+    int replicas;           /* JetStream stream replicas */
+    const char *node;       /* query node name (its durable consumer); NULL = derived */
     unsigned threads;       /* HTTP threads, 0 = CPUs */
     int64_t ready_max_lag;  /* /health/ready: projections at most this many events behind */
     int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */

@@ -40,7 +40,9 @@ static enum MHD_Result reply_accepted(struct req *r, const char *id, int64_t pos
     jsonw_obj_open(&w);
     jsonw_kstr(&w, "status", "EN_QUEUED");
     jsonw_kstr(&w, "id", id);
-    jsonw_kint(&w, "position", position);
+    if (position > 0) {     /* 0: queued on the bus, no event yet */
+        jsonw_kint(&w, "position", position);
+    }
     jsonw_obj_close(&w);
     enum MHD_Result ret = http_reply(r, MHD_HTTP_ACCEPTED, &b);
     buf_fini(&b);
@@ -78,7 +80,9 @@ static enum MHD_Result finish(struct req *r)
     r->retry_after = 1;
     return http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE,
                             cr->status == ERR_STATE ? "shutting down; retry"
-                                                    : "event store unavailable; retry",
+                            : cr->errmsg[0] != '\0' && r->srv->deps.committer == NULL
+                                ? cr->errmsg
+                                : "event store unavailable; retry",
                             NULL);
 }
 
@@ -116,6 +120,7 @@ static enum MHD_Result submit(struct req *r)
     uuid_v7(&eid);
     uuid_format(&eid, eid_s);
     int64_t now = time_now_us();
+    bool ts_defaulted = !r->cmd->ts_given;
     tracking_fill_defaults(r->cmd, eid_s, now);
     tracking_stream_id(r->cmd->kind, r->cmd->id, r->stream_id);
 
@@ -153,7 +158,7 @@ static enum MHD_Result submit(struct req *r)
     /* suspend before submitting, so the committer can never resume a
      * connection that is not suspended yet */
     http_suspend(r);
-    committer_submit(r->srv->deps.committer, cr);
+    r->srv->deps.submit(r->srv->deps.submit_arg, cr, ts_defaulted);
     return MHD_YES;
 }
 
@@ -190,6 +195,9 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
     enum MHD_Result denied;
     if (http_authorize(r, &denied) != ERR_OK) {
         return denied;      /* after the body was read: MHD then answers cleanly */
+    }
+    if (r->srv->deps.submit == NULL) {
+        return http_not_here(r);
     }
     if (r->too_big) {
         counter_add(&r->srv->m.rejected[REJ_INVALID], 1);

@@ -40,15 +40,13 @@ static int render(struct http_server *s, struct buf *b)
     char lb[256];
     int rc = ERR_OK;
 #define TRY(x) do { if (rc == ERR_OK) { rc = (x); } } while (0)
-    const struct committer_metrics *cm = committer_get_metrics(s->deps.committer);
     const struct http_metrics *m = &s->m;
-    int64_t head = committer_head(s->deps.committer);
-    struct projector_stats ps;
-    projector_get_stats(s->deps.projector, &ps);
+    int64_t head = http_store_head(s);
 
-    /* event store */
+    /* commands */
     TRY(metrics_header(b, "rastro_events_stored_total", "counter",
-                       "Events appended to the event store by commands of this process, by type."));
+                       "Events appended to the event store by commands of this process, by type "
+                       "(with a bus and no store: commands the bus acknowledged)."));
     TRY(metrics_sample_u64(b, "rastro_events_stored_total", "type=\"ImpresionRegistrada\"",
                            atomic_load(&m->stored[KIND_IMPRESION])));
     TRY(metrics_sample_u64(b, "rastro_events_stored_total", "type=\"ConversionRegistrada\"",
@@ -56,10 +54,6 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_store_position", "gauge",
                        "Global position of the last committed event."));
     TRY(metrics_sample(b, "rastro_store_position", NULL, (double)head));
-    TRY(metrics_header(b, "rastro_store_size_bytes", "gauge",
-                       "Bytes the event store takes on disk."));
-    TRY(metrics_sample(b, "rastro_store_size_bytes", NULL,
-                       (double)committer_store_bytes(s->deps.committer)));
     TRY(metrics_header(b, "rastro_appends_rejected_total", "counter",
                        "Commands not appended, by reason (duplicate: same id and payload again, "
                        "answered with the first answer; conflict: same id, other payload; "
@@ -68,82 +62,93 @@ static int render(struct http_server *s, struct buf *b)
         snprintf(lb, sizeof(lb), "reason=\"%s\"", reject_names[i]);
         TRY(metrics_sample_u64(b, "rastro_appends_rejected_total", lb, atomic_load(&m->rejected[i])));
     }
-    TRY(metrics_header(b, "rastro_append_failures_total", "counter",
-                       "Commands failed by an event-store error (answered 503)."));
-    TRY(metrics_sample_u64(b, "rastro_append_failures_total", NULL, atomic_load(&cm->failed)));
-    TRY(metrics_header(b, "rastro_append_batch_size", "histogram",
-                       "Commands per group-commit transaction."));
-    TRY(metrics_histogram(b, "rastro_append_batch_size", NULL, &cm->batch_size));
-    TRY(metrics_header(b, "rastro_commit_duration_seconds", "histogram",
-                       "Time to append one batch and commit it durably (fsync included)."));
-    TRY(metrics_histogram(b, "rastro_commit_duration_seconds", NULL, &cm->commit_seconds));
+    if (s->deps.committer != NULL) {
+        const struct committer_metrics *cm = committer_get_metrics(s->deps.committer);
+        TRY(metrics_header(b, "rastro_store_size_bytes", "gauge",
+                           "Bytes the event store takes on disk."));
+        TRY(metrics_sample(b, "rastro_store_size_bytes", NULL,
+                           (double)committer_store_bytes(s->deps.committer)));
+        TRY(metrics_header(b, "rastro_append_failures_total", "counter",
+                           "Commands failed by an event-store error (answered 503)."));
+        TRY(metrics_sample_u64(b, "rastro_append_failures_total", NULL, atomic_load(&cm->failed)));
+        TRY(metrics_header(b, "rastro_append_batch_size", "histogram",
+                           "Commands per group-commit transaction."));
+        TRY(metrics_histogram(b, "rastro_append_batch_size", NULL, &cm->batch_size));
+        TRY(metrics_header(b, "rastro_commit_duration_seconds", "histogram",
+                           "Time to append one batch and commit it durably (fsync included)."));
+        TRY(metrics_histogram(b, "rastro_commit_duration_seconds", NULL, &cm->commit_seconds));
+    }
 
-    /* projections */
-    TRY(metrics_header(b, "rastro_projection_position", "gauge",
-                       "Last event position applied by each projection."));
-    for (size_t i = 0; i < proj_count; i++) {
-        snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
-        TRY(metrics_sample(b, "rastro_projection_position", lb, (double)ps.position));
-    }
-    TRY(metrics_header(b, "rastro_projection_lag_events", "gauge",
-                       "Events committed to the store and not yet applied."));
-    TRY(metrics_sample(b, "rastro_projection_lag_events", NULL,
-                       (double)(head > ps.position ? head - ps.position : 0)));
-    TRY(metrics_header(b, "rastro_projection_lag_seconds", "gauge",
-                       "Time since the projector last had every committed event applied (0 when "
-                       "caught up)."));
-    TRY(metrics_sample(b, "rastro_projection_lag_seconds", NULL,
-                       (double)projector_lag_us(s->deps.projector, head) / 1e6));
-    TRY(metrics_header(b, "rastro_projection_events_applied_total", "counter",
-                       "Events each projection processed (all projections take each event in "
-                       "the same transaction)."));
-    for (size_t i = 0; i < proj_count; i++) {
-        snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
-        TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", lb,
-                               (uint64_t)ps.applied));
-    }
-    TRY(metrics_header(b, "rastro_projection_events_skipped_total", "counter",
-                       "Events the projections skipped, by reason (unknown_type: from a newer "
-                       "version; invalid: data that does not decode)."));
-    TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"unknown_type\"",
-                           (uint64_t)ps.skipped));
-    TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
-                           (uint64_t)ps.invalid));
-    TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
-                       "Projection batches that failed and were retried, by reason (gap: a "
-                       "position missing from the log; io: the read models or the store "
-                       "failed)."));
-    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"gap\"",
-                           (uint64_t)ps.errors_gap));
-    TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"io\"",
-                           (uint64_t)(ps.errors - ps.errors_gap)));
-    const char *ids_path, *lists_path;
-    rm_index_paths(projector_rm_index(s->deps.projector), &ids_path, &lists_path);
-    TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",
-                       "Bytes the read models take on disk, by file (with its WAL): the rows "
-                       "and statistics, the by-id index, the list index."));
-    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"readmodels\"",
-                       (double)rm_bytes(s->deps.rm_path)));
-    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"ids_index\"",
-                       (double)rm_bytes(ids_path)));
-    TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"lists_index\"",
-                       (double)rm_bytes(lists_path)));
-    struct err e;
-    struct readmodel *rm = http_rm_get(s, &e);
-    int64_t imp = 0, conv = 0, stats = 0;
-    if (rm != NULL) {
-        if (rm_read_begin(rm, &e) == ERR_OK) {
-            if (rm_query_rows(rm, &imp, &conv, &stats, &e) != ERR_OK) {
-                log_warn("cannot count read-model rows", "err=\"%s\"", e.msg);
-            }
-            rm_read_end(rm);
+    if (s->deps.projector != NULL) {
+        struct projector_stats ps;
+        projector_get_stats(s->deps.projector, &ps);
+        /* projections */
+        TRY(metrics_header(b, "rastro_projection_position", "gauge",
+                           "Last event position applied by each projection."));
+        for (size_t i = 0; i < proj_count; i++) {
+            snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
+            TRY(metrics_sample(b, "rastro_projection_position", lb, (double)ps.position));
         }
-        http_rm_put(s, rm);
+        TRY(metrics_header(b, "rastro_projection_lag_events", "gauge",
+                           "Events committed to the store and not yet applied."));
+        TRY(metrics_sample(b, "rastro_projection_lag_events", NULL,
+                           (double)(head > ps.position ? head - ps.position : 0)));
+        TRY(metrics_header(b, "rastro_projection_lag_seconds", "gauge",
+                           "Time since the projector last had every committed event applied (0 when "
+                           "caught up)."));
+        TRY(metrics_sample(b, "rastro_projection_lag_seconds", NULL,
+                           (double)projector_lag_us(s->deps.projector, head) / 1e6));
+        TRY(metrics_header(b, "rastro_projection_events_applied_total", "counter",
+                           "Events each projection processed (all projections take each event in "
+                           "the same transaction)."));
+        for (size_t i = 0; i < proj_count; i++) {
+            snprintf(lb, sizeof(lb), "projection=\"%s\"", proj_names[i]);
+            TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", lb,
+                                   (uint64_t)ps.applied));
+        }
+        TRY(metrics_header(b, "rastro_projection_events_skipped_total", "counter",
+                           "Events the projections skipped, by reason (unknown_type: from a newer "
+                           "version; invalid: data that does not decode)."));
+        TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"unknown_type\"",
+                               (uint64_t)ps.skipped));
+        TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
+                               (uint64_t)ps.invalid));
+        TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
+                           "Projection batches that failed and were retried, by reason (gap: a "
+                           "position missing from the log; io: the read models or the store "
+                           "failed)."));
+        TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"gap\"",
+                               (uint64_t)ps.errors_gap));
+        TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"io\"",
+                               (uint64_t)(ps.errors - ps.errors_gap)));
+        const char *ids_path, *lists_path;
+        rm_index_paths(projector_rm_index(s->deps.projector), &ids_path, &lists_path);
+        TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",
+                           "Bytes the read models take on disk, by file (with its WAL): the rows "
+                           "and statistics, the by-id index, the list index."));
+        TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"readmodels\"",
+                           (double)rm_bytes(s->deps.rm_path)));
+        TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"ids_index\"",
+                           (double)rm_bytes(ids_path)));
+        TRY(metrics_sample(b, "rastro_read_models_size_bytes", "file=\"lists_index\"",
+                           (double)rm_bytes(lists_path)));
+        struct err e;
+        struct readmodel *rm = http_rm_get(s, &e);
+        int64_t imp = 0, conv = 0, stats = 0;
+        if (rm != NULL) {
+            if (rm_read_begin(rm, &e) == ERR_OK) {
+                if (rm_query_rows(rm, &imp, &conv, &stats, &e) != ERR_OK) {
+                    log_warn("cannot count read-model rows", "err=\"%s\"", e.msg);
+                }
+                rm_read_end(rm);
+            }
+            http_rm_put(s, rm);
+        }
+        TRY(metrics_header(b, "rastro_read_model_rows", "gauge", "Rows in each read model."));
+        TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"impresiones\"", (double)imp));
+        TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"conversiones\"", (double)conv));
+        TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"estadisticas\"", (double)stats));
     }
-    TRY(metrics_header(b, "rastro_read_model_rows", "gauge", "Rows in each read model."));
-    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"impresiones\"", (double)imp));
-    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"conversiones\"", (double)conv));
-    TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"estadisticas\"", (double)stats));
 
     /* queries and HTTP */
     TRY(metrics_header(b, "rastro_query_duration_seconds", "histogram",
@@ -192,6 +197,9 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_uptime_seconds", "gauge", "Seconds since the server started."));
     TRY(metrics_sample(b, "rastro_uptime_seconds", NULL,
                        (double)(time_mono_us() - s->started_us) / 1e6));
+    if (s->deps.more_metrics != NULL) {
+        TRY(s->deps.more_metrics(b, s->deps.more_metrics_arg));
+    }
 #undef TRY
     return rc;
 }

@@ -135,7 +135,8 @@ static void estado(struct http_server *s, struct jsonw *w, int64_t head, int64_t
     struct projector_stats ps;
     projector_get_stats(s->deps.projector, &ps);
     jsonw_kint(w, "store_position", head);
-    jsonw_kint(w, "store_size_bytes", committer_store_bytes(s->deps.committer));
+    jsonw_kint(w, "store_size_bytes",
+               s->deps.committer != NULL ? committer_store_bytes(s->deps.committer) : 0);
     jsonw_key(w, "projections");
     jsonw_arr_open(w);
     for (size_t i = 0; i < proj_count; i++) {
@@ -155,8 +156,8 @@ static void estado(struct http_server *s, struct jsonw *w, int64_t head, int64_t
 enum MHD_Result h_health(struct req *r)
 {
     struct http_server *s = r->srv;
-    int64_t head = committer_head(s->deps.committer);
-    int64_t pos = projector_position(s->deps.projector);
+    int64_t head = http_store_head(s);
+    int64_t pos = s->deps.projector != NULL ? projector_position(s->deps.projector) : head;
     unsigned status = MHD_HTTP_OK;
     struct buf b;
     struct jsonw w;
@@ -167,7 +168,8 @@ enum MHD_Result h_health(struct req *r)
         /* ready: the store answers (the committer runs) and the read models
          * are within ready_max_lag events of it */
         int64_t lag = head > pos ? head - pos : 0;
-        bool ready = lag <= s->deps.ready_max_lag;
+        bool ready = lag <= s->deps.ready_max_lag &&
+                     (s->deps.ready == NULL || s->deps.ready(s->deps.ready_arg));
         status = ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
         if (!ready) {
             r->retry_after = 1;
@@ -190,7 +192,8 @@ enum MHD_Result h_health(struct req *r)
         estado(s, &w, head, pos);
     } else if (r->route.id == R_HEALTH) {
         jsonw_kint(&w, "store_position", head);
-        jsonw_kint(&w, "pending_commits", committer_pending(s->deps.committer));
+        jsonw_kint(&w, "pending_commits",
+                   s->deps.committer != NULL ? committer_pending(s->deps.committer) : 0);
     }
     jsonw_kint(&w, "uptime_seconds", (time_mono_us() - s->started_us) / 1000000);
     jsonw_obj_close(&w);

@@ -103,6 +103,11 @@ enum MHD_Result h_metrics(struct req *r);
 
 /* Read-model connection pool for the query threads. */
 struct readmodel *http_rm_get(struct http_server *s, struct err *e);
+/* The event store's head as this node knows it (deps.head, else the
+ * committer's, else 0). */
+int64_t http_store_head(struct http_server *s);
+/* 404 for a route this node's roles do not serve. */
+enum MHD_Result http_not_here(struct req *r);
 void http_rm_put(struct http_server *s, struct readmodel *rm);
 
 #endif

@@ -256,6 +256,37 @@ void http_rm_put(struct http_server *s, struct readmodel *rm)
     pthread_mutex_unlock(&s->pool_mu);
 }
 
+int64_t http_store_head(struct http_server *s)
+{
+    if (s->deps.head != NULL) {
+        return s->deps.head(s->deps.head_arg);
+    }
+    return s->deps.committer != NULL ? committer_head(s->deps.committer) : 0;
+}
+
+/* Routes this node's roles do not serve. */
+static bool served_here(const struct http_server *s, enum route_id id)
+{
+    switch (id) {
+    case R_CMD: return s->deps.submit != NULL;
+    case R_Q_HEALTH:
+    case R_Q_BYID:
+    case R_Q_LIST:
+    case R_Q_STATS:
+    case R_Q_ESTADO: return s->deps.projector != NULL;
+    default: return true;
+    }
+}
+
+enum MHD_Result http_not_here(struct req *r)
+{
+    char msg[200];
+    snprintf(msg, sizeof(msg), "this node does not serve %s (its roles: %s)",
+             r->route.id == R_CMD ? "commands" : "queries",
+             r->srv->deps.roles != NULL ? r->srv->deps.roles : "?");
+    return http_reply_error(r, MHD_HTTP_NOT_FOUND, msg, NULL);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload, size_t *upload_size, void **con_cls)
@@ -297,6 +328,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     enum MHD_Result denied;
     if (http_authorize(r, &denied) != ERR_OK) {
         return denied;
+    }
+    if (!served_here(r->srv, r->route.id)) {
+        return http_not_here(r);
     }
     if (r->route.id == R_HEALTH || r->route.id == R_Q_HEALTH || r->route.id == R_LIVE ||
         r->route.id == R_READY || r->route.id == R_Q_ESTADO) {

@@ -9,8 +9,10 @@
 #define RASTRO_HTTP_SERVER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 #include "proj/projector.h"
 #include "store/committer.h"
@@ -26,8 +28,23 @@ struct verify_stats {
 };
 
 struct http_deps {
-    struct committer *committer;
-    struct projector *projector;
+    /* Where commands go: committer_submit (a store) or publisher_submit_cmd
+     * (a bus), as submit(submit_arg, req, ts_defaulted). NULL: this node
+     * takes no commands (404). */
+    void (*submit)(void *arg, struct commit_req *r, bool ts_defaulted);
+    void *submit_arg;
+    struct committer *committer;    /* store metrics; NULL without a local committer */
+    struct projector *projector;    /* NULL: this node serves no queries (404) */
+    /* The event store's head (lag, readiness); NULL: the committer's. */
+    int64_t (*head)(void *arg);
+    void *head_arg;
+    /* /health/ready also needs this (e.g. the bus connected); NULL: no. */
+    bool (*ready)(void *arg);
+    void *ready_arg;
+    /* More /metrics text (the bus roles'); NULL: none. */
+    int (*more_metrics)(struct buf *b, void *arg);
+    void *more_metrics_arg;
+    const char *roles;              /* for "not on this node" answers */
     const char *rm_path;            /* read-model file the query threads open */
     unsigned threads;               /* 0 = number of CPUs */
     int64_t ready_max_lag;          /* /health/ready: at most this many events behind */

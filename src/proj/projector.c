@@ -270,14 +270,26 @@ static void *run(void *arg)
 int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
                   struct bus *bus, int flags, struct projector **out, struct err *e)
 {
+    struct evstore *store = NULL;
+    int rc = evstore_open(store_spec, data_dir, EVSTORE_READONLY, &store, e);
+    if (rc != ERR_OK) {
+        return rc;
+    }
+    return projector_new_from(store, rm_path, bus, flags, out, e);
+}
+
+int projector_new_from(struct evstore *store, const char *rm_path, struct bus *bus, int flags,
+                       struct projector **out, struct err *e)
+{
     struct projector *p = xcalloc(1, sizeof(*p));
     p->bulk = (flags & PROJ_BULK) != 0;
     p->stop_at = INT64_MAX;
     pthread_mutex_init(&p->mu, NULL);
     p->bus = bus;
     p->acc = stats_acc_new();
-    int rc = evstore_open(store_spec, data_dir, EVSTORE_READONLY, &p->store, e);
-    if (rc == ERR_OK) {
+    p->store = store;
+    int rc = ERR_OK;
+    {
         rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, NULL, &p->rm, e);
     }
     int64_t pos = INT64_MAX;

@@ -52,6 +52,10 @@ enum {
  * read-model writer at rm_path. Does not start the thread. */
 int projector_new(const char *store_spec, const char *data_dir, const char *rm_path,
                   struct bus *bus, int flags, struct projector **out, struct err *e) WARN_UNUSED;
+/* The same over a store the caller opened (e.g. the bus's, on a query
+ * node); the projector takes it over. */
+int projector_new_from(struct evstore *store, const char *rm_path, struct bus *bus, int flags,
+                       struct projector **out, struct err *e) WARN_UNUSED;
 int projector_start(struct projector *p, struct err *e) WARN_UNUSED;
 /* Catches up with everything committed so far, then stops the thread and
  * wakes remaining waiters (later ones are woken at once). Idempotent. */

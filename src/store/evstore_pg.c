@@ -98,8 +98,11 @@ enum { Q_LOCK, Q_HEAD, Q_STREAMS, Q_INSERT, Q_READ, Q_STREAM, Q_SIZE, Q_N };
 static const char *const queries[Q_N] = {
     [Q_LOCK] = "SELECT pg_advisory_xact_lock(" LOCK_APPEND ")",
     [Q_HEAD] = "SELECT coalesce(max(position), 0) FROM events",
-    [Q_STREAMS] = "SELECT stream_id, max(stream_version), max(position) FROM events"
-                  " WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
+    /* one index probe per stream id, whatever plan the statement caches
+     * (a generic plan for "= ANY($1)" may scan the table) */
+    [Q_STREAMS] = "SELECT k.id, x.v, x.p FROM unnest($1::text[]) AS k(id) CROSS JOIN LATERAL"
+                  " (SELECT stream_version AS v, position AS p FROM events"
+                  "  WHERE stream_id = k.id ORDER BY stream_version DESC LIMIT 1) AS x",
     [Q_INSERT] = "INSERT INTO events(position, event_id, stream_id, stream_version, type,"
                  " schema_version, recorded_at, data, metadata)"
                  " SELECT p, i, s, v, t, sv, 'epoch'::timestamptz + r * interval '1 microsecond',"

@@ -1,0 +1,408 @@
+/*
+ * natsbus.c - the NATS JetStream transport. See natsbus.h.
+ */
+#include "bus/natsbus.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/timeutil.h"
+#include "core/xmalloc.h"
+
+#define DUPLICATE_WINDOW_NS (120LL * 1000 * 1000 * 1000)
+#define MAX_PENDING_PUBLISHES 200000
+
+/* Publishes awaiting their ack: message -> who to tell. */
+#define PEND_BUCKETS 65536
+struct pend {
+    const natsMsg *msg;
+    natsbus_ack_fn done;
+    void *closure;
+    struct pend *next;
+};
+
+struct natsbus {
+    natsConnection *nc;
+    jsCtx *js;
+    int replicas;
+    pthread_mutex_t pend_mu;
+    struct pend **pend;
+    int64_t npend;
+    pthread_mutex_t mu;         /* stream set-up */
+    _Atomic bool streams_ok;
+    int64_t last_try_us;
+    struct natsbus_metrics m;
+};
+
+int natsbus_err(struct err *e, const char *what, natsStatus s, jsErrCode je)
+{
+    if (je != 0) {
+        return err_set(e, ERR_IO, "%s: %s (JetStream error %d)", what, natsStatus_GetText(s),
+                       (int)je);
+    }
+    return err_set(e, ERR_IO, "%s: %s", what, natsStatus_GetText(s));
+}
+
+static void on_disconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct natsbus *nb = closure;
+    atomic_store(&nb->m.connected, 0);
+    counter_add(&nb->m.disconnects, 1);
+    log_warn("NATS disconnected; reconnecting", NULL);
+}
+
+static void on_reconnected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct natsbus *nb = closure;
+    atomic_store(&nb->m.connected, 1);
+    counter_add(&nb->m.reconnects, 1);
+    /* a restarted server may have lost its streams (no file storage, or
+     * a new cluster): check them again before publishing */
+    atomic_store(&nb->streams_ok, false);
+    log_info("NATS reconnected", NULL);
+}
+
+static void on_connected(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct natsbus *nb = closure;
+    atomic_store(&nb->m.connected, 1);
+    log_info("NATS connected", NULL);
+}
+
+static size_t pend_slot(const natsMsg *m)
+{
+    uintptr_t x = (uintptr_t)m;
+    return (size_t)((x >> 4) ^ (x >> 20)) & (PEND_BUCKETS - 1);
+}
+
+static void pend_put(struct natsbus *nb, struct pend *p)
+{
+    size_t i = pend_slot(p->msg);
+    pthread_mutex_lock(&nb->pend_mu);
+    p->next = nb->pend[i];
+    nb->pend[i] = p;
+    nb->npend++;
+    pthread_mutex_unlock(&nb->pend_mu);
+}
+
+static struct pend *pend_take(struct natsbus *nb, const natsMsg *m)
+{
+    size_t i = pend_slot(m);
+    pthread_mutex_lock(&nb->pend_mu);
+    struct pend **pp = &nb->pend[i];
+    while (*pp != NULL && (*pp)->msg != m) {
+        pp = &(*pp)->next;
+    }
+    struct pend *p = *pp;
+    if (p != NULL) {
+        *pp = p->next;
+        nb->npend--;
+    }
+    pthread_mutex_unlock(&nb->pend_mu);
+    return p;
+}
+
+int64_t natsbus_pending(struct natsbus *nb)
+{
+    pthread_mutex_lock(&nb->pend_mu);
+    int64_t n = nb->npend;
+    pthread_mutex_unlock(&nb->pend_mu);
+    return n;
+}
+
+static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
+{
+    (void)js;
+    struct natsbus *nb = closure;
+    struct pend *p = pend_take(nb, msg);
+    if (p != NULL) {
+        p->done(p->closure, msg, pa, pae);
+        free(p);
+    } else {
+        log_warn("NATS ack for an unknown publish", NULL);
+    }
+    natsMsg_Destroy(msg);
+}
+
+int natsbus_publish_async(struct natsbus *nb, natsMsg **msg, jsPubOptions *po,
+                          natsbus_ack_fn done, void *closure, struct err *e)
+{
+    struct pend *p = xmalloc(sizeof(*p));
+    p->msg = *msg;
+    p->done = done;
+    p->closure = closure;
+    pend_put(nb, p);    /* before publishing: the ack may beat us back */
+    natsStatus s = js_PublishMsgAsync(nb->js, msg, po);
+    if (s != NATS_OK) {
+        free(pend_take(nb, p->msg));
+        return natsbus_err(e, "publishing", s, 0);
+    }
+    return ERR_OK;
+}
+
+/* Creates the stream, or updates it when its configuration differs. */
+static int ensure_stream(struct natsbus *nb, const char *name, const char *subject,
+                         struct err *e)
+{
+    jsStreamConfig cfg;
+    jsStreamConfig_Init(&cfg);
+    cfg.Name = name;
+    const char *subjects[1] = { subject };
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = 1;
+    cfg.Storage = js_FileStorage;
+    cfg.Retention = js_LimitsPolicy;
+    cfg.Replicas = nb->replicas;
+    cfg.Duplicates = DUPLICATE_WINDOW_NS;
+    cfg.AllowDirect = true;
+    jsErrCode je = 0;
+    natsStatus s = js_AddStream(NULL, nb->js, &cfg, NULL, &je);
+    if (s != NATS_OK && je == JSStreamNameExistErr) {
+        s = js_UpdateStream(NULL, nb->js, &cfg, NULL, &je);
+    }
+    if (s != NATS_OK) {
+        char what[96];
+        snprintf(what, sizeof(what), "creating stream %s", name);
+        return natsbus_err(e, what, s, je);
+    }
+    return ERR_OK;
+}
+
+bool natsbus_ready(struct natsbus *nb)
+{
+    if (natsConnection_Status(nb->nc) != NATS_CONN_STATUS_CONNECTED) {
+        return false;
+    }
+    if (atomic_load(&nb->streams_ok)) {
+        return true;
+    }
+    pthread_mutex_lock(&nb->mu);
+    int64_t now = time_mono_us();
+    if (!atomic_load(&nb->streams_ok) && now - nb->last_try_us > 200000) {
+        nb->last_try_us = now;
+        struct err e;
+        err_clear(&e);
+        if (ensure_stream(nb, NB_STREAM_COMMANDS, NB_SUBJ_CMD "*", &e) == ERR_OK &&
+            ensure_stream(nb, NB_STREAM_EVENTS, NB_SUBJ_EVT "*", &e) == ERR_OK &&
+            ensure_stream(nb, NB_STREAM_DLQ, NB_SUBJ_DLQ "*", &e) == ERR_OK) {
+            atomic_store(&nb->streams_ok, true);
+            log_info("NATS streams ready", "replicas=%d", nb->replicas);
+        } else {
+            log_warn("NATS streams not ready", "err=\"%s\"", e.msg);
+        }
+    }
+    pthread_mutex_unlock(&nb->mu);
+    return atomic_load(&nb->streams_ok);
+}
+
+bool natsbus_wait_ready(struct natsbus *nb, int timeout_ms)
+{
+    int64_t until = time_mono_us() + (int64_t)timeout_ms * 1000;
+    while (!natsbus_ready(nb)) {
+        if (time_mono_us() >= until) {
+            return false;
+        }
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+static void free_bus(struct natsbus *nb)
+{
+    pthread_mutex_destroy(&nb->mu);
+    pthread_mutex_destroy(&nb->pend_mu);
+    free(nb->pend);
+    free(nb);
+}
+
+int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err *e)
+{
+    struct natsbus *nb = xcalloc(1, sizeof(*nb));
+    nb->replicas = replicas > 0 ? replicas : 1;
+    nb->pend = xcalloc(PEND_BUCKETS, sizeof(*nb->pend));
+    pthread_mutex_init(&nb->mu, NULL);
+    pthread_mutex_init(&nb->pend_mu, NULL);
+    natsOptions *o = NULL;
+    natsStatus s = natsOptions_Create(&o);
+    if (s == NATS_OK) {
+        s = natsOptions_SetURL(o, url);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetTimeout(o, 1000);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetMaxReconnect(o, -1);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetReconnectWait(o, 250);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetDisconnectedCB(o, on_disconnected, nb);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetReconnectedCB(o, on_reconnected, nb);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, nb);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetName(o, "rastro");
+    }
+    if (s != NATS_OK) {
+        natsOptions_Destroy(o);
+        free_bus(nb);
+        return natsbus_err(e, "NATS options (check --bus)", s, 0);
+    }
+    s = natsConnection_Connect(&nb->nc, o);
+    natsOptions_Destroy(o);
+    if (s == NATS_OK) {
+        atomic_store(&nb->m.connected, 1);
+    } else if (s == NATS_NOT_YET_CONNECTED) {
+        log_warn("NATS not reachable yet; retrying in the background", NULL);
+    } else {
+        free_bus(nb);
+        return natsbus_err(e, "connecting to NATS", s, 0);
+    }
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.Wait = 2000;
+    jo.PublishAsync.MaxPending = MAX_PENDING_PUBLISHES;
+    jo.PublishAsync.StallWait = 1;      /* a full window fails the request, never parks a thread */
+    jo.PublishAsync.AckHandler = on_pub_ack;
+    jo.PublishAsync.AckHandlerClosure = nb;
+    s = natsConnection_JetStream(&nb->js, nb->nc, &jo);
+    if (s != NATS_OK) {
+        natsConnection_Destroy(nb->nc);
+        free_bus(nb);
+        return natsbus_err(e, "JetStream context", s, 0);
+    }
+    *out = nb;
+    return ERR_OK;
+}
+
+void natsbus_close(struct natsbus *nb)
+{
+    if (nb == NULL) {
+        return;
+    }
+    if (nb->js != NULL) {
+        jsPubOptions po;
+        jsPubOptions_Init(&po);
+        po.MaxWait = 2000;
+        (void)js_PublishAsyncComplete(nb->js, &po);
+        jsCtx_Destroy(nb->js);
+    }
+    natsConnection_Destroy(nb->nc);
+    /* acks that never came (closed connection): no callback will */
+    for (size_t i = 0; i < PEND_BUCKETS; i++) {
+        while (nb->pend[i] != NULL) {
+            struct pend *p = nb->pend[i];
+            nb->pend[i] = p->next;
+            free(p);
+        }
+    }
+    free_bus(nb);
+}
+
+natsConnection *natsbus_conn(struct natsbus *nb) { return nb->nc; }
+jsCtx *natsbus_js(struct natsbus *nb) { return nb->js; }
+const struct natsbus_metrics *natsbus_get_metrics(struct natsbus *nb) { return &nb->m; }
+
+/* --- the bus: a local bus that also hears heads from other processes --- */
+
+struct bus_nats {
+    struct bus base;
+    struct natsbus *nb;
+    struct bus *local;
+    bool publish;
+    natsSubscription *sub;
+};
+
+static void on_head(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)nc;
+    (void)sub;
+    struct bus_nats *b = closure;
+    char num[24];
+    int n = natsMsg_GetDataLength(msg);
+    if (n > 0 && n < (int)sizeof(num)) {
+        memcpy(num, natsMsg_GetData(msg), (size_t)n);
+        num[n] = '\0';
+        bus_announce(b->local, strtoll(num, NULL, 10));
+    }
+    natsMsg_Destroy(msg);
+}
+
+static void n_announce(struct bus *base, int64_t head)
+{
+    struct bus_nats *b = (struct bus_nats *)base;
+    bus_announce(b->local, head);
+    if (!b->publish) {
+        return;
+    }
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", (long long)head);
+    /* best effort: a lost head only delays a query node until its next poll */
+    (void)natsConnection_Publish(b->nb->nc, NB_SUBJ_HEAD, num, n);
+}
+
+static int64_t n_wait(struct bus *base, int64_t after, int timeout_ms)
+{
+    struct bus_nats *b = (struct bus_nats *)base;
+    return bus_wait(b->local, after, timeout_ms);
+}
+
+static void n_wake_all(struct bus *base)
+{
+    struct bus_nats *b = (struct bus_nats *)base;
+    bus_wake_all(b->local);
+}
+
+static void n_close(struct bus *base)
+{
+    struct bus_nats *b = (struct bus_nats *)base;
+    if (b->sub != NULL) {
+        natsSubscription_Unsubscribe(b->sub);
+        natsSubscription_Destroy(b->sub);
+    }
+    bus_close(b->local);
+    free(b);
+}
+
+static const struct bus_ops nats_ops = {
+    .name = "nats",
+    .announce = n_announce,
+    .wait = n_wait,
+    .wake_all = n_wake_all,
+    .close = n_close,
+};
+
+struct bus *natsbus_bus(struct natsbus *nb, int64_t head, bool publish)
+{
+    struct bus_nats *b = xcalloc(1, sizeof(*b));
+    b->base.ops = &nats_ops;
+    b->nb = nb;
+    b->publish = publish;
+    b->local = bus_local_new(head);
+    if (!publish &&
+        natsConnection_Subscribe(&b->sub, nb->nc, NB_SUBJ_HEAD, on_head, b) != NATS_OK) {
+        log_warn("cannot subscribe to heads; the query node falls back to polling", NULL);
+        b->sub = NULL;
+    }
+    return &b->base;
+}
+
+int64_t natsbus_bus_head(struct bus *b)
+{
+    return bus_wait(b, INT64_MAX, 0);
+}

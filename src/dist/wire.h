@@ -1,0 +1,46 @@
+/*
+ * wire.h - commands and events as NATS messages.
+ *
+ * The message body is the event data exactly as the store keeps it (the
+ * canonical JSON of the domain), so nothing is re-encoded on the way; the
+ * envelope travels in headers (natsbus.h names them):
+ *   command  tracking.cmd.<kind>  Nats-Msg-Id = stream id ("impresion:<id>",
+ *            the command's identity: the client id within its kind),
+ *            Rastro-Stream, -Type, -Schema, -Event-Id, -Metadata,
+ *            -Received-At, and Rastro-Defaulted: timestamp when the client
+ *            sent none (so a repeat is judged as the embedded api judges it)
+ *   event    tracking.evt.<kind>  Nats-Msg-Id = event id; the above plus
+ *            Rastro-Position, -Version, -Recorded-At
+ */
+#ifndef RASTRO_DIST_WIRE_H
+#define RASTRO_DIST_WIRE_H
+
+#include <stdbool.h>
+
+#include <nats/nats.h>
+
+#include "core/err.h"
+#include "store/evstore.h"
+
+/* A command (the event to be) as a message on tracking.cmd.<kind>. */
+int wire_command_msg(const struct event_in *ev, bool ts_defaulted, natsMsg **out,
+                     struct err *e) WARN_UNUSED;
+
+/* A decoded command; its strings point into the message or into own
+ * storage, valid until the message is destroyed. */
+struct wire_command {
+    struct event_in ev;
+    bool ts_defaulted;
+    char event_id[40];
+};
+int wire_command_decode(natsMsg *m, struct wire_command *out, struct err *e) WARN_UNUSED;
+
+/* An event as a message on tracking.evt.<kind>. */
+int wire_event_msg(const struct event_rec *ev, natsMsg **out, struct err *e) WARN_UNUSED;
+/* A decoded event; valid until the message is destroyed. */
+int wire_event_decode(natsMsg *m, struct event_rec *out, struct err *e) WARN_UNUSED;
+
+/* "impresion" or "conversion" for an event type name; NULL if unknown. */
+const char *wire_kind_of_type(const char *type);
+
+#endif
