@@ -234,9 +234,24 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     pthread_mutex_init(&nb->pend_mu, NULL);
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
-    if (s == NATS_OK) {
-        s = natsOptions_SetURL(o, url);
+    /* a comma list of servers (a cluster): each is tried, and reconnects
+     * go to whichever answers */
+    char *copy = xstrdup(url);
+    const char *servers[16];
+    int nservers = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok != NULL && nservers < 16;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') {
+            tok++;
+        }
+        if (*tok != '\0') {
+            servers[nservers++] = tok;
+        }
     }
+    if (s == NATS_OK) {
+        s = nservers > 0 ? natsOptions_SetServers(o, servers, nservers) : NATS_INVALID_ARG;
+    }
+    free(copy);     /* the options keep their own copies */
     if (s == NATS_OK) {
         s = natsOptions_SetTimeout(o, 1000);
     }

@@ -8,7 +8,7 @@
  * with ERR_OK once JetStream has the command (a duplicate Nats-Msg-Id
  * inside the two-minute window counts: it has it already), or ERR_IO at
  * once when the bus is not connected (the circuit is open: no request
- * waits on a dead bus) or when no ack came within 2 s (unknown: the
+ * waits on a dead bus) or when no ack came within 0.9 s (unknown: the
  * client retries with the same id, which de-duplication makes safe).
  * out.position is 0: the event does not exist yet.
  * Thread-safety: publisher_submit may be called from any thread; done()

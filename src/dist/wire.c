@@ -8,8 +8,11 @@
 #include <string.h>
 
 #include "bus/natsbus.h"
+#include "core/hash.h"
 #include "core/timeutil.h"
 #include "core/uuid.h"
+
+#define STREAM_MSGID_MAX 1100
 
 const char *wire_kind_of_type(const char *type)
 {
@@ -53,12 +56,14 @@ int wire_command_msg(const struct event_in *ev, bool ts_defaulted, natsMsg **out
     if (rc != ERR_OK) {
         return rc;
     }
-    char eid[UUID_STR_LEN + 1], schema[16], recv[24];
+    char eid[UUID_STR_LEN + 1], schema[16], recv[24], msgid[STREAM_MSGID_MAX];
     uuid_format(&ev->event_id, eid);
+    snprintf(msgid, sizeof(msgid), "%s#%016llx", ev->stream_id,
+             (unsigned long long)hash64(ev->data, strlen(ev->data)));
     snprintf(schema, sizeof(schema), "%d", ev->schema_version);
     snprintf(recv, sizeof(recv), "%lld", (long long)ev->recorded_at_us);
     const char *kv[] = {
-        "Nats-Msg-Id", ev->stream_id, NB_H_STREAM, ev->stream_id, NB_H_TYPE, ev->type,
+        "Nats-Msg-Id", msgid, NB_H_STREAM, ev->stream_id, NB_H_TYPE, ev->type,
         NB_H_SCHEMA, schema, NB_H_EVENT_ID, eid,
         NB_H_METADATA, ev->metadata != NULL ? ev->metadata : "{}", NB_H_RECEIVED, recv,
         "Rastro-Defaulted", ts_defaulted ? "timestamp" : "none",

@@ -5,7 +5,12 @@
  * canonical JSON of the domain), so nothing is re-encoded on the way; the
  * envelope travels in headers (natsbus.h names them):
  *   command  tracking.cmd.<kind>  Nats-Msg-Id = stream id ("impresion:<id>",
- *            the command's identity: the client id within its kind),
+ *            the command's identity: the client id within its kind) + "#" +
+ *            a digest of the data. A retry of the same command is dropped
+ *            by JetStream's de-duplication; the same id with another
+ *            payload is not silently dropped as a "duplicate" (the api cannot
+ *            tell the two apart) but reaches a handler, which finds the
+ *            conflict in the store and dead-letters it with its reason;
  *            Rastro-Stream, -Type, -Schema, -Event-Id, -Metadata,
  *            -Received-At, and Rastro-Defaulted: timestamp when the client
  *            sent none (so a repeat is judged as the embedded api judges it)

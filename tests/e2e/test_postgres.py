@@ -20,36 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events,  # noqa: E402
                      rastro)
-
-PG_DIR = os.environ.get("RASTRO_TEST_PG_DIR", "")
-
-
-def psql(url, sql):
-    """Runs sql with psql; returns its rows as lists of strings."""
-    cp = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-F", "\t", "-v", "ON_ERROR_STOP=1",
-                         "-d", url, "-c", sql], capture_output=True, text=True, timeout=60,
-                        stdin=subprocess.DEVNULL)
-    if cp.returncode != 0:
-        raise AssertionError("psql %r failed: %s" % (sql, cp.stderr))
-    return [line.split("\t") for line in cp.stdout.splitlines() if line]
-
-
-def new_database(tag):
-    """A fresh database on the test cluster; returns its URL."""
-    with open(os.path.join(PG_DIR, "url")) as f:
-        base = f.read().strip()
-    name = "e2e_%s_%d" % (tag, os.getpid())
-    psql(base, "DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-    psql(base, "CREATE DATABASE %s" % name)
-    return base.rsplit("/", 1)[0] + "/" + name
-
-
-def migrated(tag):
-    url = new_database(tag)
-    cp = rastro("migrate", "--store", url)
-    assert cp.returncode == 0, cp.stderr
-    return url
-
+from infra import PG_DIR, migrated, new_database, psql  # noqa: E402
 
 def impression(camp, id_=None):
     return {"id": id_ or str(uuid.uuid4()), K_CAMPANA: camp, "influencer_id": "inf-pg",

@@ -1,0 +1,106 @@
+"""
+A three-server nats-server cluster on loopback with R3 streams
+(--replicas 3): one server is stopped in the middle of a run. Every command
+that got a 202 reaches the store exactly once and the query node sees them
+all. (A 503 during the fail-over is allowed: it promised nothing.)
+"""
+
+import os
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events  # noqa: E402
+from infra import nats_cluster  # noqa: E402
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+class NatsClusterTest(unittest.TestCase):
+
+    def test_a_server_stops_mid_run(self):
+        nodes = nats_cluster(3)
+        for n in nodes:
+            n.start()
+        urls = ",".join(n.url for n in nodes)
+        bus = ["--bus", urls, "--replicas", "3"]
+        api = Server(extra_args=bus + ["--role", "api"])
+        store = Server(extra_args=bus + ["--role", "handler,relay"])
+        query = Server(extra_args=bus + ["--role", "query"])
+        procs = [api, store, query]
+        try:
+            for p in procs:
+                p.start()
+            # JetStream needs its meta leader before the R3 streams exist
+            wait_for(lambda: api.request("GET", "/health/ready")[0] == 200, 60,
+                     "the api ready (R3 streams created)")
+            acked, answers, bad = set(), {}, []
+            lock = threading.Lock()
+            stop = threading.Event()
+
+            def client(t):
+                n = 0
+                while not stop.is_set():
+                    id_ = "cl-%d-%d" % (t, n)
+                    n += 1
+                    try:
+                        status, hdrs, _, raw = api.post("imp", {"id": id_, K_CAMPANA: "c-cl"})
+                    except OSError as ex:
+                        status, raw = None, repr(ex)
+                    with lock:
+                        answers[status] = answers.get(status, 0) + 1
+                        if status == 202:
+                            acked.add(KIND_STREAM["imp"] + id_)
+                        elif status != 503:
+                            bad.append((id_, status, raw))
+
+            threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+            for t in threads:
+                t.start()
+            try:
+                wait_for(lambda: answers.get(202, 0) > 300, 60, "202s before the stop")
+                nodes[0].stop()
+                before = answers.get(202, 0)
+                wait_for(lambda: answers.get(202, 0) > before + 300, 60,
+                         "202s with one server down")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            self.assertEqual(bad, [])
+
+            def stored():
+                return {e["stream_id"] for e in events(store.data_dir)} >= acked
+            wait_for(stored, 120, "every acknowledged command in the store")
+            streams = [e["stream_id"] for e in events(store.data_dir)]
+            self.assertEqual(len(streams), len(set(streams)), "a command stored twice")
+            head = len(streams)
+            status, _, js, raw = query.request(
+                "GET", "/tracking/queries/%s/%s/estadisticas?min_position=%d&wait_ms=60000"
+                % (CAMPANAS, enc("c-cl"), head))
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(js["total_impresiones"], head)
+            print("cluster: answers %r, %d stored" % (answers, head), file=sys.stderr)
+            for p in procs:
+                p.stop()
+        finally:
+            for p in procs:
+                p.kill()
+                p.cleanup()
+            for n in nodes:
+                n.cleanup()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
