@@ -25,6 +25,7 @@ struct js_store {
     int64_t next;               /* the consumer delivers this position next */
     int64_t head_cache;
     int64_t head_at_us;
+    int64_t gap_logged;         /* the last unfillable gap we warned about */
 };
 
 static int js_append(struct evstore *base, const struct event_in *ev, size_t n,
@@ -171,6 +172,7 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
     }
     int rc = 0;
     int i = 0;
+    bool delivered = false;
     for (; i < list.Count && rc == 0; i++) {
         struct event_rec rec;
         if (wire_event_decode(list.Msgs[i], &rec, e) != ERR_OK) {
@@ -181,13 +183,34 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
             continue;       /* already had it */
         }
         if (rec.position > s->next) {
-            rc = fill_gap(s, s->next, rec.position, cb, arg, e);
+            struct err ge;
+            err_clear(&ge);
+            int64_t before = s->next;
+            rc = fill_gap(s, s->next, rec.position, cb, arg, &ge);
+            if (rc == ERR_IO) {
+                /* nowhere to fill it from: let the projector keep what it
+                 * has so far, and next time hand it the event after the
+                 * gap, which it refuses and reports as a gap (never skips) */
+                if (s->gap_logged != before) {
+                    s->gap_logged = before;
+                    log_error("gap in the event stream that cannot be filled; the read models "
+                              "stay before it", "position=%lld err=\"%s\"", (long long)before,
+                              ge.msg);
+                }
+                if (delivered) {
+                    rc = 0;
+                    break;
+                }
+                rc = cb(&rec, arg);
+                break;
+            }
             if (rc != 0) {
                 break;
             }
             s->next = rec.position;
         }
         rc = cb(&rec, arg);
+        delivered = true;
         s->next = rec.position + 1;
     }
     if (i > 0 && rc >= 0) {

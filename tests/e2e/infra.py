@@ -125,6 +125,32 @@ def nats_cluster(n=3):
     return nodes
 
 
+def nats_request(port, subject, payload):
+    """A NATS request (e.g. a JetStream API call): publishes with a reply
+    inbox and returns the first answer's payload."""
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        f = s.makefile("rb")
+        f.readline()    # INFO
+        data = payload if isinstance(payload, bytes) else payload.encode()
+        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n'
+                  b"SUB _INBOX.rastro.test 1\r\n"
+                  b"PUB %s _INBOX.rastro.test %d\r\n" % (subject.encode(), len(data))
+                  + data + b"\r\n")
+        while True:
+            line = f.readline()
+            if not line:
+                raise AssertionError("NATS closed the connection")
+            if line.startswith(b"PING"):
+                s.sendall(b"PONG\r\n")
+            elif line.startswith(b"MSG "):
+                n = int(line.split()[-1])
+                body = f.read(n)
+                f.read(2)
+                return body
+            elif line.startswith(b"-ERR"):
+                raise AssertionError("NATS said %r" % line)
+
+
 def nats_publish(url_port, subject, payload, headers=None):
     """Publishes one message with the plain NATS protocol (PUB, or HPUB with
     headers) and waits for the server's PONG, so it has been processed."""

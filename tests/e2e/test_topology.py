@@ -8,6 +8,7 @@ query node are killed with SIGKILL and started again. Afterwards: every id that 
 nodes give identical statistics that add up to the store.
 """
 
+import json
 import os
 import sys
 import threading
@@ -17,7 +18,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc  # noqa: E402
-from infra import PG_DIR, NatsServer, migrated, psql  # noqa: E402
+from infra import PG_DIR, NatsServer, migrated, nats_request, psql  # noqa: E402
 
 TOTAL = 10000
 THREADS = 8
@@ -153,6 +154,59 @@ class TopologyTest(unittest.TestCase):
             for n in nodes:
                 if n.running():
                     n.dump_log("left running")
+                n.kill()
+                n.cleanup()
+            nats.cleanup()
+
+    def test_a_lost_event_is_filled_or_reported_never_skipped(self):
+        """An event deleted from TRACKING_EVENTS (a lost message): a query
+        node with --store fills it from the store; one with only the bus
+        stops before it and reports the gap on /metrics."""
+        nats = NatsServer().start()
+        url = migrated("gap")
+        bus = ["--bus", nats.url]
+        writer = Server(extra_args=bus + ["--role", "api,handler,relay", "--store", url])
+        nodes = [writer]
+        try:
+            writer.start()
+            for i in range(10):
+                status, _, _, raw = writer.post("imp", {"id": "gap-%d" % i, K_CAMPANA: "c-gap"})
+                self.assertEqual(status, 202, raw)
+            # wait for the relay to publish all ten, then lose number 5
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                info = json.loads(nats_request(nats.port, "$JS.API.STREAM.INFO.TRACKING_EVENTS", b""))
+                if info["state"]["last_seq"] == 10:
+                    break
+                time.sleep(0.05)
+            answer = json.loads(nats_request(nats.port, "$JS.API.STREAM.MSG.DELETE.TRACKING_EVENTS",
+                                             json.dumps({"seq": 5, "no_erase": True})))
+            self.assertTrue(answer.get("success"), answer)
+            with_store = Server(extra_args=bus + ["--role", "query", "--store", url])
+            bus_only = Server(extra_args=bus + ["--role", "query"])
+            nodes += [with_store, bus_only]
+            with_store.start()
+            bus_only.start()
+            js = stats(with_store, CAMPANAS, "c-gap", 10)
+            self.assertEqual(js["total_impresiones"], 10)
+            deadline = time.monotonic() + 30
+            gap_errors = 0
+            while time.monotonic() < deadline and gap_errors == 0:
+                _, _, _, m = bus_only.request("GET", "/metrics")
+                for line in m.decode().splitlines():
+                    if line.startswith('rastro_projection_errors_total{reason="gap"}'):
+                        gap_errors = float(line.split()[-1])
+                time.sleep(0.1)
+            self.assertGreater(gap_errors, 0, "the bus-only node did not report the gap")
+            status, hdrs, js, _ = bus_only.request(
+                "GET", "/tracking/queries/%s/%s/estadisticas" % (CAMPANAS, enc("c-gap")))
+            self.assertEqual(status, 200)
+            self.assertEqual(js["total_impresiones"], 4, "applied past the gap, or short of it")
+            self.assertEqual(hdrs["x-rastro-position"], "4")
+            for n in nodes:
+                n.stop()
+        finally:
+            for n in nodes:
                 n.kill()
                 n.cleanup()
             nats.cleanup()
