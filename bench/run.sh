@@ -6,6 +6,7 @@
 #   BENCH_SECONDS   seconds per wrk row (default 10)
 #   BENCH_CONNS     connections (default 64)
 #   BENCH_SCALE     events for the scale rows: "1000000 10000000" (default)
+#   BENCH_ONLY=9    only rows 1 and 9 (the stores and the distributed topology)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -72,6 +73,7 @@ nginx_row() {
 n1=$(nginx_row)
 ceiling=$(field rps "$n1")
 
+if [ -z "${BENCH_ONLY:-}" ]; then
 # 2-6 against one fresh server
 port=$(free_port)
 data=$work/live
@@ -130,6 +132,77 @@ for n in $SCALE; do
     row "8. at $n stored events" "$(field rps "$r")" "$(field p99_ms "$r")" "POST rate $(ratio "$(field rps "$r")" "$base_rps")x the rate at 100k; RSS $rss MiB; disk/event: store $((ev / n)) B, read models $((rm_ / n)) B"
     rm -rf "$d"
 done
+fi
+
+# 9a. append throughput of each event store, straight through evstore
+# (rastro-gen): group commit (batches of 1,000) and one event a transaction.
+pg_dir=$work/pg
+sh "$root/tools/testpg.sh" start "$pg_dir" >/dev/null
+pg_url=$(cat "$pg_dir/url")
+pg_db() { # name -> URL of a fresh, migrated database
+    PGOPTIONS="-c client_min_messages=warning" psql -q -X -d "$pg_url" \
+        -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null
+    local u=${pg_url%/*}/$1
+    "$BIN" migrate --store "$u" >/dev/null
+    echo "$u"
+}
+for store in sqlite postgres; do
+    spec=sqlite
+    [ "$store" = postgres ] && spec=$(pg_db bench_append)
+    g1=$("$GEN" "$work/app-$store" 200000 "$spec" 1000)
+    g2=$("$GEN" "$work/app1-$store" 3000 "$spec" 1)
+    row "9a. append to $store (evstore, no HTTP)" "" "" "batches of 1,000: $(sed -n 's/.*(\([0-9]*\) events\/s)/\1/p' <<<"$g1") events/s; one event a transaction: $(sed -n 's/.*(\([0-9]*\) events\/s)/\1/p' <<<"$g2") events/s"
+    rm -rf "$work/app-$store" "$work/app1-$store"
+done
+
+# 9b. the distributed topology on one machine: nats-server (JetStream), the
+# PostgreSQL store, and rastro as api (bus only), handler+relay, query node.
+nats_port=$(free_port)
+mkdir -p "$work/nats"
+nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+pids+=("$!")
+sleep 0.5
+dist_url=$(pg_db bench_dist)
+start_role() { # name port args... -> pid in $rpid
+    local d=$work/$1 p=$2; shift 2
+    "$BIN" serve --listen "127.0.0.1:$p" --data "$d" --bus "nats://127.0.0.1:$nats_port" "$@" \
+        >"$d.log" 2>&1 &
+    rpid=$!
+    pids+=("$rpid")
+    for _ in $(seq 1 600); do
+        curl -sf "127.0.0.1:$p/tracking/health" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "rastro $1 did not start; log:" >&2; cat "$d.log" >&2; exit 1
+}
+aport=$(free_port); hport=$(free_port); qport=$(free_port)
+start_role api "$aport" --role api
+start_role hr "$hport" --role handler,relay --store "$dist_url"
+start_role q "$qport" --role query
+t0=$(date +%s.%N)
+r=$(wrk_row "http://127.0.0.1:$aport" post.lua)
+accepted=$(field rps "$r")
+total=$(psql -qtA -X -d "$dist_url" -c "SELECT count(*) FROM events")
+sent=$(curl -s "127.0.0.1:$aport/metrics" | sed -n 's/^rastro_bus_commands_total{result="acked"} //p')
+# end to end: until the query node has applied everything wrk got a 202 for
+for _ in $(seq 1 1200); do
+    pos=$(curl -s "127.0.0.1:$qport/tracking/queries/health" | python3 -c 'import sys, json; print(json.load(sys.stdin)["position"])')
+    [ "$pos" -ge "$sent" ] && break
+    sleep 0.1
+done
+t1=$(date +%s.%N)
+e2e_rate=$(python3 -c "print(int($pos / ($t1 - $t0)))")
+row "9b. POST via api → JetStream (202 on broker ack)" "$accepted" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms; store had $total of them when wrk stopped"
+row "9c. api → handler → PostgreSQL → relay → query node" "$e2e_rate" "" "$pos events applied by the query node $(python3 -c "print('%.1f' % ($t1 - $t0))") s after the load began (throughput end to end)"
+delay=$(python3 -c "print(max(1, int($CONNS * 1000 / ($accepted / 2))))")
+RASTRO_DELAY_MS=$delay wrk -t1 -c"$CONNS" -d"$((SECS + 2))s" -s "$here/post.lua" "http://127.0.0.1:$aport" >"$work/half9.out" 2>&1 &
+wpid=$!
+pids+=("$wpid")
+sleep 1
+r=$(python3 "$here/e2e.py" "$aport" "$qport" "$SECS" | grep '^RESULT')
+wait "$wpid" || true
+row "9d. end-to-end latency at ~half load (POST → visible on the query node)" "" "" "p50 $(field e2e_ms_p50 "$r") ms, p99 $(field e2e_ms_p99 "$r") ms ($(field samples "$r") samples, $(field not_seen "$r") not seen within 10 s)"
+sh "$root/tools/testpg.sh" stop "$pg_dir" >/dev/null
 
 n2=$(nginx_row)
 first=$(field rps "$n1")
