@@ -290,7 +290,7 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     }
     jsOptions jo;
     jsOptions_Init(&jo);
-    jo.Wait = 2000;
+    jo.Wait = 5000;     /* JetStream API calls (stream info, consumers, sync publishes) */
     jo.PublishAsync.MaxPending = MAX_PENDING_PUBLISHES;
     jo.PublishAsync.StallWait = 1;      /* a full window fails the request, never parks a thread */
     jo.PublishAsync.AckHandler = on_pub_ack;

@@ -215,7 +215,10 @@ static int subscribe(struct handler *h, struct err *e)
     cc.Durable = DURABLE;
     cc.AckPolicy = js_AckExplicit;
     cc.DeliverPolicy = js_DeliverAll;
-    cc.AckWait = 30LL * 1000 * 1000 * 1000;
+    /* short: a command fetched by a handler that died (or whose broker restarted)
+     * comes again after this; a redelivery of an appended one is acked as a
+     * duplicate */
+    cc.AckWait = 5LL * 1000 * 1000 * 1000;
     cc.MaxDeliver = -1;         /* the handler decides when to give up (HANDLER_MAX_DELIVER) */
     cc.MaxAckPending = 20000;
     cc.FilterSubject = NB_SUBJ_CMD "*";

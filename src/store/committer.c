@@ -27,6 +27,10 @@ struct committer {
     bool stopping;
     _Atomic int64_t committed;
     _Atomic int64_t pending;
+    /* the store's size, measured on the committer thread (a store handle is
+     * not shared between threads: PostgreSQL's is a connection) */
+    _Atomic int64_t bytes;
+    int64_t bytes_at_us;
     void (*on_commit)(void *, int64_t);
     void *on_commit_arg;
     struct committer_metrics m;
@@ -62,6 +66,21 @@ static void complete(struct committer *c, struct commit_req *r)
     r->done(r);
 }
 
+/* At most once a second (or now, when forced). */
+static void measure_size(struct committer *c, bool force)
+{
+    int64_t now = time_mono_us();
+    if (!force && now - c->bytes_at_us < 1000000) {
+        return;
+    }
+    c->bytes_at_us = now;
+    int64_t bytes = 0;
+    struct err e;
+    if (evstore_size_bytes(c->store, &bytes, &e) == ERR_OK) {
+        atomic_store(&c->bytes, bytes);
+    }
+}
+
 /* Appends reqs[0..n) in one transaction and completes them. */
 static void commit_batch(struct committer *c, size_t n)
 {
@@ -88,6 +107,7 @@ static void commit_batch(struct committer *c, size_t n)
     if (evstore_head(c->store, &head, &he) == ERR_OK) {
         atomic_store(&c->committed, head);
     }
+    measure_size(c, false);
     if (rc == ERR_OK && c->on_commit != NULL) {
         c->on_commit(c->on_commit_arg, head);
     }
@@ -164,6 +184,7 @@ struct committer *committer_new(struct evstore *s, size_t max_batch)
     if (evstore_head(s, &head, &e) == ERR_OK) {
         atomic_store(&c->committed, head);
     }
+    measure_size(c, true);      /* before the thread owns the store */
     if (pthread_create(&c->thread, NULL, run, c) != 0) {
         log_error("cannot start committer thread", NULL);
         abort();
@@ -207,9 +228,7 @@ const struct committer_metrics *committer_get_metrics(struct committer *c)
 
 int64_t committer_store_bytes(struct committer *c)
 {
-    int64_t bytes = 0;
-    struct err e;
-    return evstore_size_bytes(c->store, &bytes, &e) == ERR_OK ? bytes : -1;
+    return atomic_load(&c->bytes);
 }
 
 int64_t committer_head(struct committer *c)

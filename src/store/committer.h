@@ -61,7 +61,8 @@ int64_t committer_head(struct committer *c);
 int64_t committer_pending(struct committer *c);
 
 const struct committer_metrics *committer_get_metrics(struct committer *c);
-/* Bytes the store takes on disk (thread-safe). */
+/* Bytes the store takes on disk, as measured after a commit at most once
+ * a second (thread-safe). */
 int64_t committer_store_bytes(struct committer *c);
 
 /* Frees what the committer attached to r (existing_data). */

@@ -37,10 +37,14 @@
  * transaction never committed, or committed whole: it is one transaction,
  * so a batch is never half-written) and is re-established on a later call,
  * at most once per backoff interval (100 ms doubling to 5 s), so a dead
- * server costs callers an immediate ERR_IO rather than a hang. Every
- * statement has a timeout, and TCP keepalives find a silent peer.
+ * server costs callers an immediate ERR_IO rather than a hang. An append
+ * whose answers do not come within 5 s drops the connection (a frozen
+ * server), TCP keepalives and tcp_user_timeout find a vanished peer, and
+ * statements time out on the server after 30 s.
  */
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +62,7 @@
 #define LOCK_MIGRATE "7526769250022512"
 #define BACKOFF_MIN_US 100000
 #define BACKOFF_MAX_US 5000000
+#define APPEND_TIMEOUT_MS 5000     /* an append's answers, from the first send */
 
 struct pg_store {
     struct evstore base;
@@ -183,8 +188,9 @@ static PGconn *dial(const char *url, struct err *e)
 {
     /* defaults first; the URL (expanded in place of dbname, last) overrides them */
     const char *keys[] = { "connect_timeout", "keepalives_idle", "keepalives_interval",
-                           "keepalives_count", "application_name", "dbname", NULL };
-    const char *vals[] = { "5", "10", "5", "3", "rastro", url, NULL };
+                           "keepalives_count", "tcp_user_timeout", "application_name", "dbname",
+                           NULL };
+    const char *vals[] = { "5", "10", "5", "3", "10000", "rastro", url, NULL };
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (c == NULL || PQstatus(c) != CONNECTION_OK) {
         char msg[200];
@@ -436,16 +442,51 @@ static struct slot *slot_get(struct slot *t, size_t cap, const char *id)
     return &t[i];
 }
 
+/* The next result, waiting at most until deadline (time_mono_us): a server
+ * that stops answering (frozen, or a half-open connection) must not hold
+ * the committer, and every request behind it, for ever. On a timeout the
+ * connection is dropped (the server rolls the transaction back when it
+ * notices) and -1 returned. */
+static int next_result(struct pg_store *s, int64_t deadline, PGresult **out)
+{
+    while (PQisBusy(s->conn)) {
+        int64_t left = deadline - time_mono_us();
+        if (left <= 0) {
+            log_warn("PostgreSQL did not answer in time; dropping the connection",
+                     "timeout_ms=%d", APPEND_TIMEOUT_MS);
+            disconnect(s);
+            s->backoff_us = BACKOFF_MIN_US;
+            s->retry_at_us = time_mono_us() + BACKOFF_MIN_US;
+            return -1;
+        }
+        struct pollfd p = { .fd = PQsocket(s->conn), .events = POLLIN };
+        int n = poll(&p, 1, (int)(left / 1000) + 1);
+        if ((n < 0 && errno != EINTR) || PQconsumeInput(s->conn) == 0) {
+            break;      /* a broken connection: PQgetResult reports it */
+        }
+    }
+    *out = PQgetResult(s->conn);
+    return 0;
+}
+
 /* Reads the results of nstmt pipelined statements and the sync point after
  * them. keep (NULL or nstmt slots) receives each statement's result. */
 static int drain(struct pg_store *s, int nstmt, PGresult **keep, struct err *e)
 {
     int rc = ERR_OK;
+    int64_t deadline = time_mono_us() + APPEND_TIMEOUT_MS * 1000LL;
     for (int i = 0; i < nstmt; i++) {
         PGresult *r;
         /* each statement's results end with NULL; an aborted pipeline gives
          * PGRES_PIPELINE_ABORTED for the statements after a failed one */
-        while ((r = PQgetResult(s->conn)) != NULL) {
+        for (;;) {
+            if (next_result(s, deadline, &r) != 0) {
+                return err_set(e, ERR_IO, "append: PostgreSQL did not answer within %d ms",
+                               APPEND_TIMEOUT_MS);
+            }
+            if (r == NULL) {
+                break;
+            }
             ExecStatusType st = PQresultStatus(r);
             bool good = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
             if (!good && rc == ERR_OK) {
@@ -464,7 +505,11 @@ static int drain(struct pg_store *s, int nstmt, PGresult **keep, struct err *e)
             return rc != ERR_OK ? rc : pg_fail(s, e, "append: connection lost", NULL);
         }
     }
-    PGresult *sync = PQgetResult(s->conn);
+    PGresult *sync = NULL;
+    if (next_result(s, deadline, &sync) != 0) {
+        return err_set(e, ERR_IO, "append: PostgreSQL did not answer within %d ms",
+                       APPEND_TIMEOUT_MS);
+    }
     if ((sync == NULL || PQresultStatus(sync) != PGRES_PIPELINE_SYNC) && rc == ERR_OK) {
         rc = pg_fail(s, e, "append: pipeline out of step", NULL);
     }

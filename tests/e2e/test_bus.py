@@ -26,10 +26,13 @@ from infra import NatsServer, nats_publish  # noqa: E402
 
 
 def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    t0 = time.monotonic()
+    while time.monotonic() < t0 + timeout:
         v = pred()
         if v:
+            if time.monotonic() - t0 > 5:
+                print("slow: %.1f s waiting for %s" % (time.monotonic() - t0, what),
+                      file=sys.stderr)
             return v
         time.sleep(0.05)
     raise AssertionError("timed out waiting for %s" % what)

@@ -9,6 +9,7 @@ a 202 is lost or doubled.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -204,6 +205,50 @@ class PostgresStoreTest(unittest.TestCase):
             stop.set()
             srv.kill()
             srv.cleanup()
+
+    def test_a_frozen_database_costs_a_503_not_a_hang(self):
+        """The server's backend stops answering (SIGSTOP to that one process
+        of the test cluster): the request in flight gets 503 within the
+        append timeout (5 s) and the next one goes through a new connection."""
+        url = migrated("frozen")
+        srv = Server(extra_args=["--store", url]).start()
+        pid = None
+        try:
+            status, _, _, raw = srv.post("imp", impression("pg-frozen", "before"))
+            self.assertEqual(status, 202, raw)
+            rows = psql(url, "SELECT pid FROM pg_stat_activity WHERE application_name = 'rastro'"
+                             " AND datname = current_database()")
+            pids = [int(r[0]) for r in rows]
+            self.assertGreaterEqual(len(pids), 1)
+            # the committer's connection is the one that appended: freeze them all
+            # (the projector's reader only reads; it reconnects the same way)
+            for p in pids:
+                os.kill(p, signal.SIGSTOP)
+            pid = pids
+            t0 = time.monotonic()
+            status, hdrs, _, raw = srv.post("imp", impression("pg-frozen", "during"))
+            took = time.monotonic() - t0
+            self.assertEqual(status, 503, raw)
+            self.assertIn("retry-after", hdrs)
+            self.assertLess(took, 8.0)
+            self.assertGreater(took, 3.0)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                status, _, _, raw = srv.post("imp", impression("pg-frozen", "after"))
+                if status == 202:
+                    break
+                time.sleep(0.2)
+            self.assertEqual(status, 202, raw)
+        finally:
+            for p in pid or []:
+                os.kill(p, signal.SIGCONT)
+            srv.kill()
+            srv.cleanup()
+        # nothing half-written: "during" is there or not, once at most
+        rows = psql(url, "SELECT substr(stream_id, 11), count(*) FROM events GROUP BY 1 ORDER BY 1")
+        self.assertIn(["after", "1"], rows)
+        self.assertIn(["before", "1"], rows)
+        self.assertEqual(psql(url, "SELECT max(position) - count(*) FROM events"), [["0"]])
 
 
 if __name__ == "__main__":
