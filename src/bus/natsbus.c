@@ -34,6 +34,10 @@ struct natsbus {
     pthread_mutex_t pend_mu;
     struct pend **pend;
     int64_t npend;
+    /* nats.c calls the connection handlers on its own thread, after Close
+     * returns: close waits for the last one (closed) before freeing */
+    pthread_cond_t closed_cv;
+    bool closed;
     pthread_mutex_t mu;         /* stream set-up */
     _Atomic bool streams_ok;
     int64_t last_try_us;
@@ -51,9 +55,11 @@ int natsbus_err(struct err *e, const char *what, natsStatus s, jsErrCode je)
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)nc;
     struct natsbus *nb = closure;
     atomic_store(&nb->m.connected, 0);
+    if (natsConnection_IsClosed(nc)) {
+        return;     /* our own close */
+    }
     counter_add(&nb->m.disconnects, 1);
     log_warn("NATS disconnected; reconnecting", NULL);
 }
@@ -68,6 +74,16 @@ static void on_reconnected(natsConnection *nc, void *closure)
      * a new cluster): check them again before publishing */
     atomic_store(&nb->streams_ok, false);
     log_info("NATS reconnected", NULL);
+}
+
+static void on_closed(natsConnection *nc, void *closure)
+{
+    (void)nc;
+    struct natsbus *nb = closure;
+    pthread_mutex_lock(&nb->mu);
+    nb->closed = true;
+    pthread_cond_broadcast(&nb->closed_cv);
+    pthread_mutex_unlock(&nb->mu);
 }
 
 static void on_connected(natsConnection *nc, void *closure)
@@ -219,6 +235,7 @@ bool natsbus_wait_ready(struct natsbus *nb, int timeout_ms)
 
 static void free_bus(struct natsbus *nb)
 {
+    pthread_cond_destroy(&nb->closed_cv);
     pthread_mutex_destroy(&nb->mu);
     pthread_mutex_destroy(&nb->pend_mu);
     free(nb->pend);
@@ -232,6 +249,7 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     nb->pend = xcalloc(PEND_BUCKETS, sizeof(*nb->pend));
     pthread_mutex_init(&nb->mu, NULL);
     pthread_mutex_init(&nb->pend_mu, NULL);
+    pthread_cond_init(&nb->closed_cv, NULL);
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     /* a comma list of servers (a cluster): each is tried, and reconnects
@@ -266,6 +284,9 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     }
     if (s == NATS_OK) {
         s = natsOptions_SetReconnectedCB(o, on_reconnected, nb);
+    }
+    if (s == NATS_OK) {
+        s = natsOptions_SetClosedCB(o, on_closed, nb);
     }
     if (s == NATS_OK) {
         s = natsOptions_SetRetryOnFailedConnect(o, true, on_connected, nb);
@@ -317,7 +338,20 @@ void natsbus_close(struct natsbus *nb)
         (void)js_PublishAsyncComplete(nb->js, &po);
         jsCtx_Destroy(nb->js);
     }
+    natsConnection_Close(nb->nc);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 5;
+    pthread_mutex_lock(&nb->mu);
+    while (!nb->closed && pthread_cond_timedwait(&nb->closed_cv, &nb->mu, &ts) == 0) {
+    }
+    bool closed = nb->closed;
+    pthread_mutex_unlock(&nb->mu);
     natsConnection_Destroy(nb->nc);
+    if (!closed) {
+        log_warn("NATS connection did not report closed in time", NULL);
+        return;     /* its handlers may yet run: leak rather than free under them */
+    }
     /* acks that never came (closed connection): no callback will */
     for (size_t i = 0; i < PEND_BUCKETS; i++) {
         while (nb->pend[i] != NULL) {
@@ -341,7 +375,21 @@ struct bus_nats {
     struct bus *local;
     bool publish;
     natsSubscription *sub;
+    /* the head handler may still be running when we unsubscribe: close
+     * waits for nats.c to say it returned for the last time */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool sub_done;
 };
+
+static void on_sub_complete(void *closure)
+{
+    struct bus_nats *b = closure;
+    pthread_mutex_lock(&b->mu);
+    b->sub_done = true;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
 
 static void on_head(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
@@ -388,9 +436,24 @@ static void n_close(struct bus *base)
     struct bus_nats *b = (struct bus_nats *)base;
     if (b->sub != NULL) {
         natsSubscription_Unsubscribe(b->sub);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 5;
+        pthread_mutex_lock(&b->mu);
+        while (!b->sub_done && pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0) {
+        }
+        bool done = b->sub_done;
+        pthread_mutex_unlock(&b->mu);
         natsSubscription_Destroy(b->sub);
+        if (!done) {
+            /* the handler may yet run: leaking the bus beats a use after free */
+            log_warn("head subscription did not close in time", NULL);
+            return;
+        }
     }
     bus_close(b->local);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
     free(b);
 }
 
@@ -409,9 +472,13 @@ struct bus *natsbus_bus(struct natsbus *nb, int64_t head, bool publish)
     b->nb = nb;
     b->publish = publish;
     b->local = bus_local_new(head);
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
     if (!publish &&
-        natsConnection_Subscribe(&b->sub, nb->nc, NB_SUBJ_HEAD, on_head, b) != NATS_OK) {
+        (natsConnection_Subscribe(&b->sub, nb->nc, NB_SUBJ_HEAD, on_head, b) != NATS_OK ||
+         natsSubscription_SetOnCompleteCB(b->sub, on_sub_complete, b) != NATS_OK)) {
         log_warn("cannot subscribe to heads; the query node falls back to polling", NULL);
+        natsSubscription_Destroy(b->sub);
         b->sub = NULL;
     }
     return &b->base;

@@ -166,6 +166,33 @@ class BusTest(unittest.TestCase):
         self.assertNotIn(reused["seq"], seqs)
         self.assertEqual(len(seqs), 2)
 
+    def test_api_with_a_store_answers_once_durable(self):
+        """api given --store: the embedded write path (202 with a position,
+        after the fsync), the relay of the same process publishes, and a
+        query node on the bus serves it; min_position works across them."""
+        bus = ["--bus", self.nats.url]
+        writer = Server(extra_args=bus + ["--role", "api,relay", "--store", "sqlite"]).start()
+        query = Server(extra_args=bus + ["--role", "query"]).start()
+        try:
+            last = 0
+            for i in range(5):
+                status, _, js, raw = writer.post("imp", {"id": "st-%d" % i, K_CAMPANA: "c-st"})
+                self.assertEqual(status, 202, raw)
+                self.assertEqual(js["position"], last + 1)
+                last = js["position"]
+            status, hdrs, js, raw = query.request(
+                "GET", "/tracking/queries/campa%%C3%%B1as/c-st/estadisticas?min_position=%d"
+                "&wait_ms=10000" % last)
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(js["total_impresiones"], 5)
+            self.assertEqual(int(hdrs["x-rastro-position"]), last)
+            writer.stop()
+            query.stop()
+        finally:
+            for s in (writer, query):
+                s.kill()
+                s.cleanup()
+
     def test_streams_survive_a_broker_restart(self):
         for i in range(10):
             status, _, _, raw = self.api.post("imp", {"id": "keep-%d" % i, K_CAMPANA: "k"})
