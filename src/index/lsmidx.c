@@ -13,6 +13,7 @@
  * background thread never holds mu while it does I/O.
  */
 #include "index/lsmidx.h"
+#include "index/sqlerr.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -129,7 +130,7 @@ static int exec(sqlite3 *db, const char *sql, const char *path, struct err *e)
 {
     char *msg = NULL;
     if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = err_set(e, ERR_IO, "%.60s: %s (%s)", sql, msg ? msg : "?", path);
+        int rc = err_set(e, ERR_IO, "%.60s: %s (%s)", sql, sql_err(db), path);
         sqlite3_free(msg);
         return rc;
     }
@@ -278,7 +279,7 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     if (rc == ERR_OK &&
         sqlite3_prepare_v2(ix->wdb, "INSERT INTO lsm_keys(run, h, pos) VALUES(?,?,?)", -1, &ins,
                            NULL) != SQLITE_OK) {
-        rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
+        rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
     }
     for (size_t i = 0; i < d.n && rc == ERR_OK; i++) {
         if (!ix->no_bloom) {
@@ -288,7 +289,7 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
         sqlite3_bind_int64(ins, 2, (int64_t)d.p[i].h);
         sqlite3_bind_int64(ins, 3, d.p[i].pos);
         if (sqlite3_step(ins) != SQLITE_DONE) {
-            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
+            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
         }
         sqlite3_reset(ins);
     }
@@ -367,7 +368,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
             /* nothing to fill */
         } else if (sqlite3_prepare_v2(ix->wdb, "SELECT h FROM lsm_keys WHERE run=?", -1, &st,
                                       NULL) != SQLITE_OK) {
-            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
+            rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
         } else {
             sqlite3_bind_int64(st, 1, r.id);
             int sr;
@@ -375,7 +376,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
                 bloom_add(&r.bl, (uint64_t)sqlite3_column_int64(st, 0));
             }
             if (sr != SQLITE_DONE) {    /* a partial filter would hide keys for good */
-                rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
+                rc = err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
             }
         }
         sqlite3_finalize(st);
@@ -556,7 +557,7 @@ static int load(struct lsmidx *ix, struct err *e)
     sqlite3_finalize(st);
     if (sqlite3_prepare_v2(ix->wdb, "SELECT run, level, count, max_pos, bloom, bloom_k"
                                     " FROM lsm_runs ORDER BY run", -1, &st, NULL) != SQLITE_OK) {
-        return err_set(e, ERR_IO, "index %s: %s", ix->path, sqlite3_errmsg(ix->wdb));
+        return err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
     }
     while (sqlite3_step(st) == SQLITE_ROW) {
         struct run r = {

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/uuid.h"
 #include "index/lsmidx.h"
+#include "index/sqlerr.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
 
@@ -123,14 +124,14 @@ struct readmodel {
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
 {
-    return err_set(e, ERR_IO, "%s: %s (%s)", what, sqlite3_errmsg(rm->db), rm->path);
+    return err_set(e, ERR_IO, "%s: %s (%s)", what, sql_err(rm->db), rm->path);
 }
 
 static int exec(struct readmodel *rm, const char *sql, struct err *e)
 {
     char *msg = NULL;
     if (sqlite3_exec(rm->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = err_set(e, ERR_IO, "%.80s: %s (%s)", sql, msg ? msg : "?", rm->path);
+        int rc = err_set(e, ERR_IO, "%.80s: %s (%s)", sql, sql_err(rm->db), rm->path);
         sqlite3_free(msg);
         return rc;
     }

@@ -31,6 +31,10 @@ struct committer {
      * not shared between threads: PostgreSQL's is a connection) */
     _Atomic int64_t bytes;
     int64_t bytes_at_us;
+    /* committer thread: the current run of failed appends */
+    bool failing;
+    uint64_t failed_since;
+    int64_t fail_logged_us;
     void (*on_commit)(void *, int64_t);
     void *on_commit_arg;
     struct committer_metrics m;
@@ -66,6 +70,28 @@ static void complete(struct committer *c, struct commit_req *r)
     r->done(r);
 }
 
+/* Says what went wrong in words an operator acts on, once when it starts
+ * and then at most every 10 s (a read-only or full disk fails every
+ * request: one line each would bury the log). */
+static void log_failure(struct committer *c, size_t n, const char *why)
+{
+    int64_t now = time_mono_us();
+    c->failed_since = c->failing ? c->failed_since + n : n;
+    if (c->failing && now - c->fail_logged_us < 10000000) {
+        return;
+    }
+    const char *what = strstr(why, "Read-only file system") != NULL
+                           ? "event store is on a read-only file system: commands get 503; "
+                             "queries answer from what is stored"
+                       : strstr(why, "full") != NULL || strstr(why, "No space") != NULL
+                           ? "disk full: commands get 503 until space is freed; queries answer "
+                             "from what is stored"
+                           : "append failed: commands get 503";
+    log_error(what, "failed_requests=%llu err=\"%s\"", (unsigned long long)c->failed_since, why);
+    c->failing = true;
+    c->fail_logged_us = now;
+}
+
 /* At most once a second (or now, when forced). */
 static void measure_size(struct committer *c, bool force)
 {
@@ -96,8 +122,13 @@ static void commit_batch(struct committer *c, size_t n)
     counter_add(&c->m.batches, 1);
     if (rc != ERR_OK) {
         counter_add(&c->m.failed, n);
-        log_error("append failed", "batch=%zu err=\"%s\"", n, e.msg);
+        log_failure(c, n, e.msg);
     } else {
+        if (c->failing) {
+            log_info("event store writable again; commands are accepted", "failed_requests=%llu",
+                     (unsigned long long)c->failed_since);
+            c->failing = false;
+        }
         for (size_t i = 0; i < n; i++) {
             counter_add(c->out[i].status == ERR_OK ? &c->m.appended : &c->m.conflicts, 1);
         }

@@ -33,6 +33,7 @@
 #include "core/xmalloc.h"
 #include "store/evstore.h"
 #include "index/lsmidx.h"
+#include "index/sqlerr.h"
 
 #define SCHEMA_VERSION 1
 
@@ -123,14 +124,14 @@ static const char *schema_sql =
 
 static int db_err(struct sqlite_store *s, struct err *e, const char *what)
 {
-    return err_set(e, ERR_IO, "%s: %s (%s)", what, sqlite3_errmsg(s->db), s->path);
+    return err_set(e, ERR_IO, "%s: %s (%s)", what, sql_err(s->db), s->path);
 }
 
 static int exec(struct sqlite_store *s, const char *sql, struct err *e)
 {
     char *msg = NULL;
     if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        int rc = err_set(e, ERR_IO, "%s: %s (%s)", sql, msg ? msg : "?", s->path);
+        int rc = err_set(e, ERR_IO, "%s: %s (%s)", sql, sql_err(s->db), s->path);
         sqlite3_free(msg);
         return rc;
     }
