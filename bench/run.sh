@@ -30,15 +30,16 @@ wrk_row() { # url script [env...]
     local url=$1 script=$2; shift 2
     env "$@" wrk -t1 -c"${C:-$CONNS}" -d"${SECS}s" --latency -s "$here/$script" "$url" | grep '^RESULT'
 }
-start_rastro() { # dir port -> pid in $rpid
-    "$BIN" serve --listen "127.0.0.1:$2" --data "$1" >"$1.log" 2>&1 &
+start_rastro() { # dir port [serve options...] -> pid in $rpid
+    local d=$1 p=$2; shift 2
+    "$BIN" serve --listen "127.0.0.1:$p" --data "$d" "$@" >"$d.log" 2>&1 &
     rpid=$!
     pids+=("$rpid")
     for _ in $(seq 1 600); do
-        curl -sf "127.0.0.1:$2/tracking/health" >/dev/null 2>&1 && return 0
+        curl -sf "127.0.0.1:$p/tracking/health" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    echo "rastro did not start; log:" >&2; cat "$1.log" >&2; exit 1
+    echo "rastro did not start; log:" >&2; cat "$d.log" >&2; exit 1
 }
 stop_pid() { kill "$1"; wait "$1" 2>/dev/null || true; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
@@ -164,16 +165,8 @@ pids+=("$!")
 sleep 0.5
 dist_url=$(pg_db bench_dist)
 start_role() { # name port args... -> pid in $rpid
-    local d=$work/$1 p=$2; shift 2
-    "$BIN" serve --listen "127.0.0.1:$p" --data "$d" --bus "nats://127.0.0.1:$nats_port" "$@" \
-        >"$d.log" 2>&1 &
-    rpid=$!
-    pids+=("$rpid")
-    for _ in $(seq 1 600); do
-        curl -sf "127.0.0.1:$p/tracking/health" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "rastro $1 did not start; log:" >&2; cat "$d.log" >&2; exit 1
+    local name=$1 p=$2; shift 2
+    start_rastro "$work/$name" "$p" --bus "nats://127.0.0.1:$nats_port" "$@"
 }
 aport=$(free_port); hport=$(free_port); qport=$(free_port)
 start_role api "$aport" --role api

@@ -163,6 +163,20 @@ def request(method, path, body=None, headers=None, raw_body=None, *, port=None):
     return http_request(port, method, path, body=body, headers=headers, raw_body=raw_body)
 
 
+def wait_for(pred, timeout, what, step=0.05):
+    """Polls pred() until it returns something true (returned) or timeout
+    seconds pass (AssertionError naming what). Says so when it took long."""
+    t0 = time.monotonic()
+    while time.monotonic() < t0 + timeout:
+        v = pred()
+        if v:
+            if time.monotonic() - t0 > 5:
+                sys.stderr.write("slow: %.1f s waiting for %s\n" % (time.monotonic() - t0, what))
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
 def rastro(*args, timeout=CLI_TIMEOUT):
     """Runs the binary as a CLI; returns the CompletedProcess (text, UTF-8)."""
     return subprocess.run([BIN, *[str(a) for a in args]], capture_output=True, text=True,

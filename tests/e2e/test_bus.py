@@ -21,21 +21,10 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, KIND_STREAM, Server, events, rastro  # noqa: E402
+from harness import K_CAMPANA, KIND_STREAM, Server, events, rastro, wait_for  # noqa: E402
 from infra import NatsServer, nats_publish  # noqa: E402
 
 
-def wait_for(pred, timeout, what):
-    t0 = time.monotonic()
-    while time.monotonic() < t0 + timeout:
-        v = pred()
-        if v:
-            if time.monotonic() - t0 > 5:
-                print("slow: %.1f s waiting for %s" % (time.monotonic() - t0, what),
-                      file=sys.stderr)
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def stored_streams(data_dir):

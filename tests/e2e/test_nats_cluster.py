@@ -13,18 +13,10 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events  # noqa: E402
+from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events, wait_for  # noqa: E402
 from infra import nats_cluster  # noqa: E402
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 class NatsClusterTest(unittest.TestCase):

@@ -35,10 +35,8 @@ class PostgresStoreTest(unittest.TestCase):
         url = new_database("schema")
         srv = Server(extra_args=["--store", url])
         try:
-            cp = subprocess.run([os.environ["RASTRO_BIN"], "serve", "--listen", "127.0.0.1:0",
-                                 "--data", srv.data_dir, "--store", url],
-                                capture_output=True, text=True, timeout=30,
-                                stdin=subprocess.DEVNULL)
+            cp = rastro("serve", "--listen", "127.0.0.1:0", "--data", srv.data_dir,
+                        "--store", url, timeout=30)
             self.assertEqual(cp.returncode, 1)
             self.assertIn("rastro migrate", cp.stdout + cp.stderr)
             cp = rastro("migrate", "--store", url)
@@ -49,10 +47,8 @@ class PostgresStoreTest(unittest.TestCase):
             self.assertIn("nothing to do", cp.stdout)
             # a schema from a newer rastro: refused, saying why
             psql(url, "INSERT INTO rastro_schema(version) VALUES (2)")
-            cp = subprocess.run([os.environ["RASTRO_BIN"], "serve", "--listen", "127.0.0.1:0",
-                                 "--data", srv.data_dir, "--store", url],
-                                capture_output=True, text=True, timeout=30,
-                                stdin=subprocess.DEVNULL)
+            cp = rastro("serve", "--listen", "127.0.0.1:0", "--data", srv.data_dir,
+                        "--store", url, timeout=30)
             self.assertEqual(cp.returncode, 1)
             self.assertIn("schema version 2", cp.stdout + cp.stderr)
             cp = rastro("migrate", "--store", url)
