@@ -65,9 +65,12 @@ test-deep: deps
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 900
 	cmake -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DRASTRO_WERROR=$(WERROR) >/dev/null
 	cmake --build build-valgrind -j $(JOBS) --target rastro
-	for t in commands queries lifecycle metrics auth crash; do \
-	  RASTRO_BIN=$(CURDIR)/tools/valgrind-rastro python3 tests/e2e/test_$$t.py || exit 1; \
-	done
+	sh tools/testpg.sh start build-valgrind/testpg >/dev/null
+	status=0; for t in commands queries lifecycle metrics auth crash readonly bus nats_cluster \
+	    postgres topology; do \
+	  RASTRO_BIN=$(CURDIR)/tools/valgrind-rastro RASTRO_TEST_PG_DIR=$(CURDIR)/build-valgrind/testpg \
+	    python3 tests/e2e/test_$$t.py || { status=1; break; }; \
+	done; sh tools/testpg.sh stop build-valgrind/testpg; exit $$status
 
 # libFuzzer on the command decoder, the router and the event decoder, each
 # for FUZZ_SECONDS (default 60). New inputs go to a scratch corpus; a crash

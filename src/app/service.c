@@ -246,7 +246,6 @@ out:
     if (committer != NULL) {
         committer_stop(committer);
     }
-    dist_stop_roles(&dist);     /* handler, relay: finish their batch */
     if (proj != NULL) {
         projector_stop(proj);
     }
@@ -254,6 +253,7 @@ out:
         usleep(10000);      /* resumed connections are answering */
     }
     http_stop(http);
+    dist_stop_roles(&dist);     /* handler, relay: finish their batch (after HTTP: /metrics reads them) */
     selfcheck_free(selfcheck);
     if (proj != NULL && status == 0) {
         log_info("stopped", "position=%lld projected=%lld",

@@ -46,6 +46,7 @@ struct http_metrics {
 
 struct http_server {
     struct MHD_Daemon *d;
+    MHD_socket quiesced_fd;         /* after http_quiesce: closed by http_stop */
     struct http_deps deps;
     pthread_mutex_t pool_mu;
     struct readmodel **pool;

@@ -436,6 +436,7 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
         return rc;
     }
     struct http_server *s = xcalloc(1, sizeof(*s));
+    s->quiesced_fd = MHD_INVALID_SOCKET;
     s->deps = *deps;
     s->started_us = time_mono_us();
     pthread_mutex_init(&s->pool_mu, NULL);
@@ -476,11 +477,10 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
 
 void http_quiesce(struct http_server *s)
 {
-    if (s != NULL && s->d != NULL) {
-        MHD_socket fd = MHD_quiesce_daemon(s->d);
-        if (fd != MHD_INVALID_SOCKET) {
-            close(fd);
-        }
+    if (s != NULL && s->d != NULL && s->quiesced_fd == MHD_INVALID_SOCKET) {
+        /* the listening socket is ours now, but a daemon thread may still
+         * touch it: closed only after MHD_stop_daemon (libmicrohttpd's rule) */
+        s->quiesced_fd = MHD_quiesce_daemon(s->d);
     }
 }
 
@@ -490,6 +490,9 @@ void http_stop(struct http_server *s)
         return;
     }
     MHD_stop_daemon(s->d);
+    if (s->quiesced_fd != MHD_INVALID_SOCKET) {
+        close(s->quiesced_fd);
+    }
     for (size_t i = 0; i < s->pool_n; i++) {
         readmodel_close(s->pool[i]);
     }
