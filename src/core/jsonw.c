@@ -153,8 +153,17 @@ void jsonw_double(struct jsonw *w, double v)
     /* the shortest plain decimal that reads back as the same double (no
      * exponent: clients parse 50 more happily than 5e+01) */
     char tmp[64];
-    int n = snprintf(tmp, sizeof(tmp), "%.17g", v);
-    if (fabs(v) < 1e15) {
+    int n = 0;
+    /* most values: the shortest of 15, 16 or 17 significant digits that
+     * reads back, which %g prints without an exponent for 1e-4 <= |v| <
+     * 1e15 (three tries, not up to eighteen) */
+    for (int p = 15; p <= 17; p++) {
+        n = snprintf(tmp, sizeof(tmp), "%.*g", p, v);
+        if (strtod(tmp, NULL) == v) {
+            break;
+        }
+    }
+    if (fabs(v) < 1e15 && strchr(tmp, 'e') != NULL) {
         for (int d = 0; d <= 17; d++) {
             char t2[64];
             int m = snprintf(t2, sizeof(t2), "%.*f", d, v);

@@ -41,6 +41,22 @@ static void test_jsonw(void)
                    "\"d2\":33.333333333333336,\"f\":0.1,\"f2\":123.4567,\"f3\":3}");
     buf_fini(&b);
 
+    /* doubles: the shortest text that reads back, without an exponent */
+    static const struct { double v; const char *want; } dbl[] = {
+        { 0.1, "0.1" }, { 12.5, "12.5" }, { 200.0 / 3.0, "66.66666666666667" },
+        { 100.0 / 7.0, "14.285714285714286" }, { 0.1 + 0.2, "0.30000000000000004" },
+        { 0.00001, "0.00001" }, { 0.0, "0" }, { 1e14 + 0.5, "100000000000000.5" },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(dbl); i++) {
+        struct buf db;
+        struct jsonw dw;
+        buf_init(&db, 0);
+        jsonw_init(&dw, &db);
+        jsonw_double(&dw, dbl[i].v);
+        CHECK_STR(db.p, dbl[i].want);
+        buf_fini(&db);
+    }
+
     struct buf capped;
     buf_init(&capped, 8);
     CHECK(buf_puts(&capped, "12345678") == ERR_OK);
