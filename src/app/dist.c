@@ -82,7 +82,7 @@ static void node_name(const struct config *cfg, char *out, size_t max)
 }
 
 int dist_start_roles(const struct config *cfg, struct dist *d, const char *rm_path,
-                     struct projector **proj, struct err *e)
+                     struct rmcache *cache, struct projector **proj, struct err *e)
 {
     int roles = cfg->roles;
     int rc = ERR_OK;
@@ -113,6 +113,7 @@ int dist_start_roles(const struct config *cfg, struct dist *d, const char *rm_pa
             evstore_close(fallback);
         }
         if (rc == ERR_OK) {
+            projector_set_cache(*proj, cache);
             rc = projector_start(*proj, e);
         }
         log_info("query node", "node=%s gap_fill=%s", node, fallback != NULL ? "store" : "bus");

@@ -23,7 +23,7 @@ struct dist {
 int dist_open_bus(const struct config *cfg, struct dist *d, struct err *e) WARN_UNUSED;
 /* Starts the roles; for query, *proj gets the projector (started). */
 int dist_start_roles(const struct config *cfg, struct dist *d, const char *rm_path,
-                     struct projector **proj, struct err *e) WARN_UNUSED;
+                     struct rmcache *cache, struct projector **proj, struct err *e) WARN_UNUSED;
 /* What the HTTP layer needs from the roles. */
 void dist_http_deps(struct dist *d, struct http_deps *deps);
 /* Stops the handler and the relay (each finishes its batch). */

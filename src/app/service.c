@@ -36,10 +36,13 @@
 #include "http/server.h"
 #include "proj/projector.h"
 #include "read/readmodel.h"
+#include "read/rmcache.h"
 #include "store/committer.h"
 #include "store/evstore.h"
 
 #define COMMIT_BATCH_MAX 4096
+/* statistics answers kept in memory (rmcache.h): ~30 MiB at most */
+#define STATS_CACHE_ENTRIES 65536
 
 static int path_in(const char *dir, const char *name, char *out, size_t max)
 {
@@ -170,6 +173,7 @@ int service_serve(const struct config *cfg)
     struct http_server *http = NULL;
     struct selfcheck *selfcheck = NULL;
     struct dist dist = { 0 };
+    struct rmcache *cache = NULL;
     char rm_path[4096];
     path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path));
     int roles = cfg->roles;
@@ -197,15 +201,22 @@ int service_serve(const struct config *cfg)
                  (long long)head, (long long)((time_mono_us() - t0) / 1000));
         committer = committer_new(store, COMMIT_BATCH_MAX);
     }
+    if (embedded || (roles & ROLE_QUERY)) {
+        cache = rmcache_new(STATS_CACHE_ENTRIES);
+    }
     if (embedded) {
         bus = bus_local_new(head);
         committer_set_listener(committer, on_commit, bus);
-        if (projector_new(cfg->store, cfg->data, rm_path, bus, 0, &proj, &e) != ERR_OK ||
-            projector_start(proj, &e) != ERR_OK) {
+        if (projector_new(cfg->store, cfg->data, rm_path, bus, 0, &proj, &e) != ERR_OK) {
             log_error("cannot start projections", "err=\"%s\"", e.msg);
             goto out;
         }
-    } else if (dist_start_roles(cfg, &dist, rm_path, &proj, &e) != ERR_OK) {
+        projector_set_cache(proj, cache);
+        if (projector_start(proj, &e) != ERR_OK) {
+            log_error("cannot start projections", "err=\"%s\"", e.msg);
+            goto out;
+        }
+    } else if (dist_start_roles(cfg, &dist, rm_path, cache, &proj, &e) != ERR_OK) {
         log_error("cannot start the node's roles", "err=\"%s\"", e.msg);
         goto out;
     }
@@ -216,6 +227,7 @@ int service_serve(const struct config *cfg)
         .idle_timeout_s = (unsigned)cfg->idle_timeout,
         .auth = auth,
         .roles = cfg->roles_text,
+        .cache = cache,
     };
     if (committer != NULL && (embedded || (roles & ROLE_API))) {
         deps.submit = submit_to_committer;
@@ -261,6 +273,7 @@ out:
                  (long long)projector_position(proj));
     }
     projector_free(proj);
+    rmcache_free(cache);        /* after the projector and HTTP, its two users */
     committer_free(committer);
     dist_close(&dist);          /* the bus last: publishes in flight are answered */
     bus_close(bus);

@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/timeutil.h"
 #include "http/http_internal.h"
+#include "read/rmcache.h"
 #include "proj/projections.h"
 
 static const char *const status_names[SL__COUNT] = {
@@ -197,6 +198,19 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_uptime_seconds", "gauge", "Seconds since the server started."));
     TRY(metrics_sample(b, "rastro_uptime_seconds", NULL,
                        (double)(time_mono_us() - s->started_us) / 1e6));
+    if (s->deps.cache != NULL) {
+        struct rmcache_stats cs;
+        rmcache_get_stats(s->deps.cache, &cs);
+        TRY(metrics_header(b, "rastro_query_cache_lookups_total", "counter",
+                           "Statistics and by-id GETs answered from memory (hit) or from the "
+                           "read models (miss)."));
+        TRY(metrics_sample_u64(b, "rastro_query_cache_lookups_total", "result=\"hit\"", cs.hits));
+        TRY(metrics_sample_u64(b, "rastro_query_cache_lookups_total", "result=\"miss\"",
+                               cs.misses));
+        TRY(metrics_header(b, "rastro_query_cache_entries", "gauge",
+                           "Query answers held in memory."));
+        TRY(metrics_sample(b, "rastro_query_cache_entries", NULL, (double)cs.entries));
+    }
     if (s->deps.more_metrics != NULL) {
         TRY(s->deps.more_metrics(b, s->deps.more_metrics_arg));
     }

@@ -15,6 +15,7 @@
 #include "core/timeutil.h"
 #include "http/http_internal.h"
 #include "proj/projections.h"
+#include "read/rmcache.h"
 
 #define LIMIT_DEFAULT 100
 #define LIMIT_MAX 1000
@@ -48,6 +49,26 @@ static enum MHD_Result run_query(struct req *r)
         }
     }
     r->pos_header = projector_position(s->deps.projector);
+    /* statistics and records by id may come from memory (rmcache.h): a
+     * cached answer is the read models' answer at this position or later */
+    struct rmcache *cache = r->route.id != R_Q_LIST ? s->deps.cache : NULL;
+    int ns = r->route.id == R_Q_STATS ? RMC_STATS(r->route.scope) : RMC_BYID(r->route.kind);
+    enum query_label ql = r->route.id == R_Q_BYID ? QL_BYID
+                          : r->route.id == R_Q_LIST ? QL_LIST : QL_STATS;
+    uint64_t gen = 0;
+    if (cache != NULL) {
+        struct buf hit;
+        buf_init(&hit, 0);
+        int64_t c0 = time_mono_us();
+        if (rmcache_get(cache, ns, r->route.key, &hit)) {
+            histogram_observe(&s->m.query_seconds[ql], (double)(time_mono_us() - c0) / 1e6);
+            enum MHD_Result ret = http_reply(r, MHD_HTTP_OK, &hit);
+            buf_fini(&hit);
+            return ret;
+        }
+        buf_fini(&hit);
+        gen = rmcache_generation(cache, ns, r->route.key);     /* before the snapshot */
+    }
     struct err e;
     err_clear(&e);
     struct readmodel *rm = http_rm_get(s, &e);
@@ -75,11 +96,12 @@ static enum MHD_Result run_query(struct req *r)
     }
     rm_read_end(rm);
     http_rm_put(s, rm);
-    enum query_label ql = r->route.id == R_Q_BYID ? QL_BYID
-                          : r->route.id == R_Q_LIST ? QL_LIST : QL_STATS;
     histogram_observe(&s->m.query_seconds[ql], (double)(time_mono_us() - t0) / 1e6);
     enum MHD_Result ret;
     if (rc == ERR_OK) {
+        if (cache != NULL) {
+            rmcache_put(cache, ns, r->route.key, out.p, out.len, gen);
+        }
         ret = http_reply(r, MHD_HTTP_OK, &out);
     } else if (rc == ERR_NOTFOUND) {
         ret = http_reply_error(r, MHD_HTTP_NOT_FOUND, e.msg, NULL);

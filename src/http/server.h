@@ -35,6 +35,7 @@ struct http_deps {
     void *submit_arg;
     struct committer *committer;    /* store metrics; NULL without a local committer */
     struct projector *projector;    /* NULL: this node serves no queries (404) */
+    struct rmcache *cache;          /* statistics answers in memory; NULL: none */
     /* The event store's head (lag, readiness); NULL: the committer's. */
     int64_t (*head)(void *arg);
     void *head_arg;

@@ -2,6 +2,7 @@
  * projector.c - see projector.h.
  */
 #include "proj/projector.h"
+#include "read/rmcache.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,7 +48,14 @@ struct projector {
     int64_t batch_last;
     int batch_err;
     struct err batch_e;
+    struct rmcache *cache;          /* statistics answers to invalidate; may be NULL */
+    struct buf touched;             /* this batch's statistics keys */
 };
+
+void projector_set_cache(struct projector *p, struct rmcache *cache)
+{
+    p->cache = cache;   /* before projector_start */
+}
 
 int64_t projector_position(struct projector *p)
 {
@@ -70,6 +78,16 @@ void projector_get_stats(struct projector *p, struct projector_stats *out)
     *out = p->st;
     pthread_mutex_unlock(&p->mu);
     out->position = projector_position(p);
+}
+
+/* Records "<scope digit><key>\0" for invalidation after the commit. */
+static void note_touched(void *arg, enum rm_scope scope, const char *key)
+{
+    struct projector *p = arg;
+    if (buf_putc(&p->touched, (char)('0' + (int)scope)) != ERR_OK ||
+        buf_append(&p->touched, key, strlen(key) + 1) != ERR_OK) {
+        log_warn("cannot note a statistics key for the cache", NULL);
+    }
 }
 
 static int apply_cb(const struct event_rec *ev, void *arg)
@@ -142,7 +160,11 @@ static int step(struct projector *p, struct err *e)
         rm_rollback(p->rm);
         return 0;
     }
+    buf_reset(&p->touched);
     if (!p->bulk) {
+        if (p->cache != NULL) {
+            stats_acc_each_key(p->acc, note_touched, p);
+        }
         rc = stats_acc_flush(p->acc, p->rm, e);     /* bulk: once, at the end */
     }
     for (size_t i = 0; i < proj_count && rc == ERR_OK; i++) {
@@ -153,6 +175,14 @@ static int step(struct projector *p, struct err *e)
     }
     if (rc != ERR_OK) {
         goto fail;
+    }
+    /* cached answers of what this batch changed go before the new position
+     * is published (rmcache.h) */
+    for (size_t off = 0; off < p->touched.len;) {
+        enum rm_scope scope = (enum rm_scope)(p->touched.p[off] - '0');
+        const char *key = p->touched.p + off + 1;
+        rmcache_invalidate(p->cache, RMC_STATS(scope), key);
+        off += 1 + strlen(key) + 1;
     }
     atomic_store(&p->position, p->batch_last);
     pthread_mutex_lock(&p->mu);
@@ -288,6 +318,7 @@ int projector_new_from(struct evstore *store, const char *rm_path, struct bus *b
     p->bus = bus;
     p->acc = stats_acc_new();
     p->store = store;
+    buf_init(&p->touched, 0);
     int rc = ERR_OK;
     {
         rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, NULL, &p->rm, e);
@@ -360,6 +391,7 @@ void projector_free(struct projector *p)
     evstore_close(p->store);
     readmodel_close(p->rm);
     stats_acc_free(p->acc);
+    buf_fini(&p->touched);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

@@ -68,6 +68,11 @@ int64_t projector_position(struct projector *p);
  * the time since the projector last had applied everything it could see
  * (an upper bound on the age of the oldest event not yet applied). */
 int64_t projector_lag_us(struct projector *p, int64_t head);
+/* Cached statistics answers the projector invalidates as it commits
+ * (rmcache.h); set before projector_start. */
+struct rmcache;
+void projector_set_cache(struct projector *p, struct rmcache *cache);
+
 /* The read-model index the projector writes, for query connections. */
 struct rm_index *projector_rm_index(struct projector *p);
 void projector_get_stats(struct projector *p, struct projector_stats *out);

@@ -155,6 +155,16 @@ void stats_acc_apply(struct stats_acc *a, const struct tracking *t, int64_t reco
     }
 }
 
+void stats_acc_each_key(const struct stats_acc *a,
+                        void (*fn)(void *arg, enum rm_scope scope, const char *key), void *arg)
+{
+    for (size_t i = 0; i <= a->mask; i++) {
+        if (a->e[i].h != 0) {
+            fn(arg, (enum rm_scope)a->e[i].scope, a->e[i].key);
+        }
+    }
+}
+
 int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)
 {
     int rc = ERR_OK;

@@ -27,6 +27,11 @@ void stats_acc_free(struct stats_acc *a);      /* NULL is a no-op */
  * store time, which becomes ultima_actualizacion. */
 void stats_acc_apply(struct stats_acc *a, const struct tracking *t, int64_t recorded_at_us);
 
+/* Calls fn for each (scope, key) with a delta (a key may come more than
+ * once: one entry per currency). */
+void stats_acc_each_key(const struct stats_acc *a,
+                        void (*fn)(void *arg, enum rm_scope scope, const char *key), void *arg);
+
 /* Writes every delta to the read models and empties the accumulator. */
 int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e) WARN_UNUSED;
 void stats_acc_clear(struct stats_acc *a);

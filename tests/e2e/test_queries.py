@@ -497,6 +497,39 @@ class QueriesTest(ServerTestCase):
         self.assertEqual((js["total_impresiones"], js["total_conversiones"]), (3, 1))
         self.assertEqual(js["valor_total_conversiones"], Decimal("0.1"))
 
+    def test_cached_stats_never_stale(self):
+        """Statistics answers are kept in memory: the second GET is a cache
+        hit (rastro_query_cache_lookups_total), and after every new event a
+        GET at its position sees it, 30 times over, cached or not."""
+        camp = "q-cache"
+
+        def hits():
+            _, _, _, m = self.server.request("GET", "/metrics")
+            for line in m.decode().splitlines():
+                if line.startswith('rastro_query_cache_lookups_total{result="hit"}'):
+                    return int(line.split()[-1])
+            return None
+
+        p = self.post_ok("imp", {K_CAMPANA: camp})["position"]
+        path = "%s/%s/%s/estadisticas" % (Q, CAMPANAS, camp)
+        self.query(path, min_position=p)
+        before = hits()
+        self.assertIsNotNone(before, "no cache metrics")
+        js, hdrs, _ = self.query(path)
+        self.assertEqual(hits(), before + 1)
+        self.assertEqual(js["total_impresiones"], 1)
+        self.assertGreaterEqual(int(hdrs["x-rastro-position"]), p)
+        for i in range(30):
+            kind = "conv" if i % 3 == 0 else "imp"
+            body = {K_CAMPANA: camp}
+            if kind == "conv":
+                body.update(valor="1", moneda="EUR")
+            p = self.post_ok(kind, body)["position"]
+            js, _, _ = self.query(path, min_position=p)
+            js2, _, _ = self.query(path)     # from the cache, or the same rows
+            self.assertEqual(js, js2)
+            self.assertEqual(js["total_impresiones"] + js["total_conversiones"], i + 2)
+
     # -- positions and read-your-writes -------------------------------------------------
 
     def test_position_header_on_every_query(self):
