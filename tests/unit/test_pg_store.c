@@ -125,6 +125,7 @@ static void concurrent_writers_and_a_tail(void)
     int64_t deadline = time_mono_us() + 120 * 1000000LL;
     while (time_mono_us() < deadline) {
         int64_t before = t.last;
+        int running_before = running;   /* writers seen running before this read */
         if (evstore_read(r, t.last + 1, 500, on_event, &t, &e) != 0) {
             CHECKF(0, "tail read: %s", e.msg);
             break;
@@ -138,8 +139,8 @@ static void concurrent_writers_and_a_tail(void)
                 running--;
             }
         }
-        if (running == 0 && t.last == before) {
-            break;      /* everyone done and nothing new: the tail has it all */
+        if (running_before == 0 && t.last == before) {
+            break;      /* all had exited before a read that found nothing new */
         }
     }
     for (int w = 0; w < WRITERS; w++) {
