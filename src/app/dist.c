@@ -19,6 +19,7 @@
 #include "dist/handler.h"
 #include "dist/publisher.h"
 #include "dist/relay.h"
+#include "dist/wire.h"
 #include "proj/projector.h"
 
 int dist_parse_roles(const char *s, int *roles)
@@ -69,9 +70,14 @@ static void node_name(const struct config *cfg, char *out, size_t max)
     if (cfg->node != NULL && cfg->node[0] != '\0') {
         snprintf(out, max, "%s", cfg->node);
     } else {
-        char abs[PATH_MAX];
+        /* host and folder: containers often share the same path */
+        char abs[PATH_MAX], id[PATH_MAX + 300], host[256] = "";
         const char *dir = realpath(cfg->data, abs) != NULL ? abs : cfg->data;
-        snprintf(out, max, "n%016llx", (unsigned long long)hash64(dir, strlen(dir)));
+        if (gethostname(host, sizeof(host) - 1) != 0) {
+            host[0] = '\0';
+        }
+        int n = snprintf(id, sizeof(id), "%s:%s", host, dir);
+        snprintf(out, max, "n%016llx", (unsigned long long)hash64(id, n > 0 ? (size_t)n : 0));
     }
     for (char *c = out; *c != '\0'; c++) {     /* consumer names: no . * > or blanks */
         if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
@@ -304,7 +310,9 @@ int service_dlq(const struct config *cfg, const char *action, int64_t seq)
             jsonw_obj_open(&w);
             jsonw_kint(&w, "seq", (int64_t)q);
             jsonw_kstr(&w, "subject", hget(m, NB_H_SUBJECT));
-            jsonw_kstr(&w, "stream_id", hget(m, NB_H_STREAM));
+            char sid[WIRE_STREAM_HDR_MAX];
+            jsonw_kstr(&w, "stream_id",
+                       wire_hdr_decode(hget(m, NB_H_STREAM), sid, sizeof(sid)) ? sid : "");
             jsonw_kstr(&w, "reason", hget(m, NB_H_REASON));
             jsonw_kint(&w, "deliveries", strtoll(hget(m, NB_H_DELIVERIES), NULL, 10));
             jsonw_key(&w, "data");

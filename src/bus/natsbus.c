@@ -40,7 +40,9 @@ struct natsbus {
     bool closed;
     pthread_mutex_t mu;         /* stream set-up */
     _Atomic bool streams_ok;
-    int64_t last_try_us;
+    pthread_t setup_thread;
+    pthread_cond_t setup_cv;
+    bool setup_stop, setup_running;
     struct natsbus_metrics m;
 };
 
@@ -73,6 +75,9 @@ static void on_reconnected(natsConnection *nc, void *closure)
     /* a restarted server may have lost its streams (no file storage, or
      * a new cluster): check them again before publishing */
     atomic_store(&nb->streams_ok, false);
+    pthread_mutex_lock(&nb->mu);
+    pthread_cond_signal(&nb->setup_cv);
+    pthread_mutex_unlock(&nb->mu);
     log_info("NATS reconnected", NULL);
 }
 
@@ -193,31 +198,49 @@ static int ensure_stream(struct natsbus *nb, const char *name, const char *subje
     return ERR_OK;
 }
 
-bool natsbus_ready(struct natsbus *nb)
+/* Creates the streams whenever the connection is up and they are not
+ * known to exist (at start, after a reconnect), on its own thread: the
+ * JetStream calls can take seconds during a leader election, and
+ * natsbus_ready() is asked on request paths. */
+static void *setup_run(void *arg)
 {
-    if (natsConnection_Status(nb->nc) != NATS_CONN_STATUS_CONNECTED) {
-        return false;
-    }
-    if (atomic_load(&nb->streams_ok)) {
-        return true;
-    }
+    struct natsbus *nb = arg;
+    pthread_setname_np(pthread_self(), "rastro-natssetup");
     pthread_mutex_lock(&nb->mu);
-    int64_t now = time_mono_us();
-    if (!atomic_load(&nb->streams_ok) && now - nb->last_try_us > 200000) {
-        nb->last_try_us = now;
-        struct err e;
-        err_clear(&e);
-        if (ensure_stream(nb, NB_STREAM_COMMANDS, NB_SUBJ_CMD "*", &e) == ERR_OK &&
-            ensure_stream(nb, NB_STREAM_EVENTS, NB_SUBJ_EVT "*", &e) == ERR_OK &&
-            ensure_stream(nb, NB_STREAM_DLQ, NB_SUBJ_DLQ "*", &e) == ERR_OK) {
-            atomic_store(&nb->streams_ok, true);
-            log_info("NATS streams ready", "replicas=%d", nb->replicas);
-        } else {
-            log_warn("NATS streams not ready", "err=\"%s\"", e.msg);
+    while (!nb->setup_stop) {
+        if (!atomic_load(&nb->streams_ok) &&
+            natsConnection_Status(nb->nc) == NATS_CONN_STATUS_CONNECTED) {
+            pthread_mutex_unlock(&nb->mu);
+            struct err e;
+            err_clear(&e);
+            if (ensure_stream(nb, NB_STREAM_COMMANDS, NB_SUBJ_CMD "*", &e) == ERR_OK &&
+                ensure_stream(nb, NB_STREAM_EVENTS, NB_SUBJ_EVT "*", &e) == ERR_OK &&
+                ensure_stream(nb, NB_STREAM_DLQ, NB_SUBJ_DLQ "*", &e) == ERR_OK) {
+                atomic_store(&nb->streams_ok, true);
+                log_info("NATS streams ready", "replicas=%d", nb->replicas);
+            } else {
+                log_warn("NATS streams not ready", "err=\"%s\"", e.msg);
+            }
+            pthread_mutex_lock(&nb->mu);
         }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&nb->setup_cv, &nb->mu, &ts);
     }
     pthread_mutex_unlock(&nb->mu);
-    return atomic_load(&nb->streams_ok);
+    nats_ReleaseThreadMemory();
+    return NULL;
+}
+
+bool natsbus_ready(struct natsbus *nb)
+{
+    return natsConnection_Status(nb->nc) == NATS_CONN_STATUS_CONNECTED &&
+           atomic_load(&nb->streams_ok);
 }
 
 bool natsbus_wait_ready(struct natsbus *nb, int timeout_ms)
@@ -236,6 +259,7 @@ bool natsbus_wait_ready(struct natsbus *nb, int timeout_ms)
 static void free_bus(struct natsbus *nb)
 {
     pthread_cond_destroy(&nb->closed_cv);
+    pthread_cond_destroy(&nb->setup_cv);
     pthread_mutex_destroy(&nb->mu);
     pthread_mutex_destroy(&nb->pend_mu);
     free(nb->pend);
@@ -250,6 +274,7 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     pthread_mutex_init(&nb->mu, NULL);
     pthread_mutex_init(&nb->pend_mu, NULL);
     pthread_cond_init(&nb->closed_cv, NULL);
+    pthread_cond_init(&nb->setup_cv, NULL);
     natsOptions *o = NULL;
     natsStatus s = natsOptions_Create(&o);
     /* a comma list of servers (a cluster): each is tried, and reconnects
@@ -322,6 +347,10 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
         free_bus(nb);
         return natsbus_err(e, "JetStream context", s, 0);
     }
+    nb->setup_running = pthread_create(&nb->setup_thread, NULL, setup_run, nb) == 0;
+    if (!nb->setup_running) {
+        log_error("cannot start the NATS set-up thread; streams are not created", NULL);
+    }
     *out = nb;
     return ERR_OK;
 }
@@ -330,6 +359,13 @@ void natsbus_close(struct natsbus *nb)
 {
     if (nb == NULL) {
         return;
+    }
+    if (nb->setup_running) {
+        pthread_mutex_lock(&nb->mu);
+        nb->setup_stop = true;
+        pthread_cond_signal(&nb->setup_cv);
+        pthread_mutex_unlock(&nb->mu);
+        pthread_join(nb->setup_thread, NULL);
     }
     if (nb->js != NULL) {
         jsPubOptions po;

@@ -131,13 +131,14 @@ static int fill_gap(struct js_store *s, int64_t from, int64_t upto, evstore_cb c
                            "--store to fill it from", (long long)p, NB_STREAM_EVENTS);
         }
         struct fill f = { .cb = cb, .arg = arg, .next = p, .rc = 0 };
-        int rc = evstore_read(s->fallback, p, (size_t)(upto - p), fill_one, &f, e);
+        int64_t n = upto - p < FETCH_MAX ? upto - p : FETCH_MAX;
+        int rc = evstore_read(s->fallback, p, (size_t)n, fill_one, &f, e);
         if (f.rc != 0) {
             return f.rc;
         }
-        if (rc < 0 && f.next == p) {
-            return err_set(e, ERR_IO, "position %lld is missing from the bus and the store",
-                           (long long)p);
+        if (f.next == p) {      /* the store does not have it either (or failed) */
+            return err_set(e, ERR_IO, "position %lld is missing from the bus and the store%s",
+                           (long long)p, rc < 0 ? " (the store read failed)" : "");
         }
         log_warn("filled a gap in the event stream from the store", "from=%lld to=%lld",
                  (long long)p, (long long)(f.next - 1));

@@ -134,15 +134,16 @@ static int grab(const struct event_rec *ev, void *arg)
     return 1;
 }
 
-/* Conflict: is the stored event the same command (a redelivery)? */
-static bool same_as_stored(struct handler *h, const struct wire_command *c, int64_t pos)
+/* Conflict: is the stored event the same command (a redelivery)? 1 yes,
+ * 0 no, -1 could not tell (the store read failed: ask again later). */
+static int same_as_stored(struct handler *h, const struct wire_command *c, int64_t pos)
 {
     struct existing x = { NULL };
     struct err e;
     int rc = evstore_read(h->store, pos, 1, grab, &x, &e);
     if (rc < 0 || x.data == NULL) {
         free(x.data);
-        return false;
+        return -1;
     }
     enum tracking_kind kind =
         strcmp(c->ev.type, "ConversionRegistrada") == 0 ? KIND_CONVERSION : KIND_IMPRESION;
@@ -154,7 +155,7 @@ static bool same_as_stored(struct handler *h, const struct wire_command *c, int6
         same = tracking_same_payload(&a, &b);
     }
     free(x.data);
-    return same;
+    return same ? 1 : 0;
 }
 
 static void handle_batch(struct handler *h, natsMsgList *list)
@@ -196,11 +197,17 @@ static void handle_batch(struct handler *h, natsMsgList *list)
             counter_add(&h->m.appended, 1);
             last = h->out[i].position;
             natsMsg_Ack(m, NULL);
-        } else if (same_as_stored(h, &h->cmds[i], h->out[i].position)) {
-            counter_add(&h->m.duplicates, 1);
-            natsMsg_Ack(m, NULL);
         } else {
-            to_dlq(h, m, "id already used with a different payload");
+            int same = same_as_stored(h, &h->cmds[i], h->out[i].position);
+            if (same > 0) {
+                counter_add(&h->m.duplicates, 1);
+                natsMsg_Ack(m, NULL);
+            } else if (same == 0) {
+                to_dlq(h, m, "id already used with a different payload");
+            } else {
+                counter_add(&h->m.retried, 1);
+                natsMsg_NakWithDelay(m, 1000, NULL);
+            }
         }
     }
     if (last > 0) {

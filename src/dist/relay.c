@@ -88,6 +88,11 @@ static int publish_one(const struct event_rec *ev, void *arg)
     po.ExpectStream = NB_STREAM_EVENTS;
     if (ev->position > 1) {
         po.ExpectLastSeq = (uint64_t)(ev->position - 1);
+    } else if (natsMsgHeader_Set(m, "Nats-Expected-Last-Sequence", "0") != NATS_OK) {
+        /* position 1 expects an empty stream (ExpectLastSeq = 0 means "unset" in
+         * nats.c, so the header is set by hand) */
+        natsMsg_Destroy(m);
+        return -1;
     }
     pthread_mutex_lock(&r->mu);
     r->outstanding++;

@@ -14,6 +14,53 @@
 
 #define STREAM_MSGID_MAX 1100
 
+/* NATS header values lose leading and trailing blanks (nats.c trims them)
+ * and cannot hold line breaks, but an id may end in a space: stream ids go
+ * percent-encoded (every byte <= 0x20, >= 0x7f, and '%'). */
+void wire_hdr_encode(const char *in, char *out, size_t max)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p != '\0' && o + 4 < max; p++) {
+        if (*p <= 0x20 || *p >= 0x7f || *p == '%') {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = '\0';
+}
+
+static int unhex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                          : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+bool wire_hdr_decode(const char *in, char *out, size_t max)
+{
+    size_t o = 0;
+    for (const char *p = in; *p != '\0'; p++) {
+        if (o + 1 >= max) {
+            return false;
+        }
+        if (*p == '%') {
+            int a = unhex(p[1]), b = a < 0 ? -1 : unhex(p[2]);
+            if (b < 0 || (a == 0 && b == 0)) {
+                return false;
+            }
+            out[o++] = (char)(a * 16 + b);
+            p += 2;
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = '\0';
+    return true;
+}
+
 const char *wire_kind_of_type(const char *type)
 {
     if (strcmp(type, "ImpresionRegistrada") == 0) {
@@ -57,13 +104,15 @@ int wire_command_msg(const struct event_in *ev, bool ts_defaulted, natsMsg **out
         return rc;
     }
     char eid[UUID_STR_LEN + 1], schema[16], recv[24], msgid[STREAM_MSGID_MAX];
+    char sid[WIRE_STREAM_HDR_MAX];
+    wire_hdr_encode(ev->stream_id, sid, sizeof(sid));
     uuid_format(&ev->event_id, eid);
-    snprintf(msgid, sizeof(msgid), "%s#%016llx", ev->stream_id,
+    snprintf(msgid, sizeof(msgid), "%s#%016llx", sid,
              (unsigned long long)hash64(ev->data, strlen(ev->data)));
     snprintf(schema, sizeof(schema), "%d", ev->schema_version);
     snprintf(recv, sizeof(recv), "%lld", (long long)ev->recorded_at_us);
     const char *kv[] = {
-        "Nats-Msg-Id", msgid, NB_H_STREAM, ev->stream_id, NB_H_TYPE, ev->type,
+        "Nats-Msg-Id", msgid, NB_H_STREAM, sid, NB_H_TYPE, ev->type,
         NB_H_SCHEMA, schema, NB_H_EVENT_ID, eid,
         NB_H_METADATA, ev->metadata != NULL ? ev->metadata : "{}", NB_H_RECEIVED, recv,
         "Rastro-Defaulted", ts_defaulted ? "timestamp" : "none",
@@ -117,7 +166,10 @@ int wire_command_decode(natsMsg *m, struct wire_command *out, struct err *e)
     size_t len = 0;
     int64_t schema = 0, recv = 0;
     const char *eid = hdr(m, NB_H_EVENT_ID);
-    ev->stream_id = hdr(m, NB_H_STREAM);
+    const char *sid = hdr(m, NB_H_STREAM);
+    ev->stream_id = sid != NULL && wire_hdr_decode(sid, out->stream_id, sizeof(out->stream_id))
+                        ? out->stream_id
+                        : NULL;
     ev->type = hdr(m, NB_H_TYPE);
     ev->metadata = hdr(m, NB_H_METADATA);
     ev->data = body(m, &len);
@@ -150,13 +202,15 @@ int wire_event_msg(const struct event_rec *ev, natsMsg **out, struct err *e)
         return rc;
     }
     char eid[UUID_STR_LEN + 1], schema[16], pos[24], ver[24], rec[24];
+    char sid[WIRE_STREAM_HDR_MAX];
+    wire_hdr_encode(ev->stream_id, sid, sizeof(sid));
     uuid_format(&ev->event_id, eid);
     snprintf(schema, sizeof(schema), "%d", ev->schema_version);
     snprintf(pos, sizeof(pos), "%lld", (long long)ev->position);
     snprintf(ver, sizeof(ver), "%lld", (long long)ev->stream_version);
     snprintf(rec, sizeof(rec), "%lld", (long long)ev->recorded_at_us);
     const char *kv[] = {
-        "Nats-Msg-Id", eid, NB_H_EVENT_ID, eid, NB_H_STREAM, ev->stream_id, NB_H_TYPE, ev->type,
+        "Nats-Msg-Id", eid, NB_H_EVENT_ID, eid, NB_H_STREAM, sid, NB_H_TYPE, ev->type,
         NB_H_SCHEMA, schema, NB_H_POSITION, pos, NB_H_VERSION, ver, NB_H_RECORDED, rec,
         NB_H_METADATA, ev->metadata,
     };
@@ -174,7 +228,12 @@ int wire_event_decode(natsMsg *m, struct event_rec *out, struct err *e)
     memset(out, 0, sizeof(*out));
     int64_t schema = 0;
     const char *eid = hdr(m, NB_H_EVENT_ID);
-    out->stream_id = hdr(m, NB_H_STREAM);
+    /* the decoded stream id lives until the next decode on this thread
+     * (the callback that receives the event runs before that) */
+    static __thread char sid_buf[WIRE_STREAM_HDR_MAX];
+    const char *sid = hdr(m, NB_H_STREAM);
+    out->stream_id = sid != NULL && wire_hdr_decode(sid, sid_buf, sizeof(sid_buf)) ? sid_buf
+                                                                                  : NULL;
     out->type = hdr(m, NB_H_TYPE);
     out->metadata = hdr(m, NB_H_METADATA);
     out->data = body(m, &out->data_len);

@@ -31,12 +31,20 @@
 int wire_command_msg(const struct event_in *ev, bool ts_defaulted, natsMsg **out,
                      struct err *e) WARN_UNUSED;
 
+#define WIRE_STREAM_HDR_MAX 600   /* a stream id, percent-encoded */
+
+/* Header values: stream ids percent-encoded (NATS trims blanks). decode
+ * is false on a bad escape, an encoded NUL or a value too long for out. */
+void wire_hdr_encode(const char *in, char *out, size_t max);
+bool wire_hdr_decode(const char *in, char *out, size_t max);
+
 /* A decoded command; its strings point into the message or into own
  * storage, valid until the message is destroyed. */
 struct wire_command {
     struct event_in ev;
     bool ts_defaulted;
     char event_id[40];
+    char stream_id[WIRE_STREAM_HDR_MAX];
 };
 int wire_command_decode(natsMsg *m, struct wire_command *out, struct err *e) WARN_UNUSED;
 

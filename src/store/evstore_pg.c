@@ -213,8 +213,15 @@ static int connect_store(struct pg_store *s, struct err *e)
     }
     /* durability is not left to the server's defaults: a COMMIT that
      * returned is flushed to its WAL */
+    /* and a transaction left open by a frozen or cut-off writer must not
+     * hold the append lock for long: it is ended after 10 s idle, and a
+     * writer gives up waiting for the lock after 4 s (inside its 5 s
+     * deadline, so its backend stops waiting too instead of piling up) */
     if (simple(c, "SET synchronous_commit = on", PGRES_COMMAND_OK, NULL) != ERR_OK ||
-        simple(c, "SET statement_timeout = '30s'", PGRES_COMMAND_OK, NULL) != ERR_OK) {
+        simple(c, "SET statement_timeout = '30s'", PGRES_COMMAND_OK, NULL) != ERR_OK ||
+        simple(c, "SET lock_timeout = '4s'", PGRES_COMMAND_OK, NULL) != ERR_OK ||
+        simple(c, "SET idle_in_transaction_session_timeout = '10s'", PGRES_COMMAND_OK, NULL) !=
+            ERR_OK) {
         err_set(e, ERR_IO, "setting up the session: %s", PQerrorMessage(c));
         PQfinish(c);
         return ERR_IO;
@@ -287,6 +294,34 @@ static int after_error(struct pg_store *s, int rc)
     return rc;
 }
 
+static int next_result(struct pg_store *s, int64_t deadline, PGresult **out);
+
+/* PQexecPrepared with the same deadline as an append (a frozen server must
+ * not hold the committer, the relay or a handler): the statement's result,
+ * or NULL (failed to send, or no answer in time: connection dropped). */
+static PGresult *exec_waiting(struct pg_store *s, int q, int nparams, const char *const *params)
+{
+    if (!PQsendQueryPrepared(s->conn, qnames[q], nparams, params, NULL, NULL, 0)) {
+        return NULL;
+    }
+    int64_t deadline = time_mono_us() + APPEND_TIMEOUT_MS * 1000LL;
+    PGresult *first = NULL, *r = NULL;
+    for (;;) {
+        if (next_result(s, deadline, &r) != 0) {
+            PQclear(first);
+            return NULL;    /* the connection is gone: after_error() backs off */
+        }
+        if (r == NULL) {
+            return first;
+        }
+        if (first == NULL) {
+            first = r;
+        } else {
+            PQclear(r);
+        }
+    }
+}
+
 static int one_row(struct pg_store *s, int q, int nparams, const char *const *params,
                    PGresult **out, struct err *e)
 {
@@ -294,7 +329,7 @@ static int one_row(struct pg_store *s, int q, int nparams, const char *const *pa
     if (rc != ERR_OK) {
         return rc;
     }
-    PGresult *r = PQexecPrepared(s->conn, qnames[q], nparams, params, NULL, NULL, 0);
+    PGresult *r = exec_waiting(s, q, nparams, params);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         rc = pg_fail(s, e, qnames[q], r);
         PQclear(r);
@@ -365,7 +400,7 @@ static int p_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb,
     snprintf(a, sizeof(a), "%lld", (long long)from);
     snprintf(b, sizeof(b), "%llu", (unsigned long long)(max > INT64_MAX ? INT64_MAX : max));
     const char *params[2] = { a, b };
-    PGresult *r = PQexecPrepared(s->conn, qnames[Q_READ], 2, params, NULL, NULL, 0);
+    PGresult *r = exec_waiting(s, Q_READ, 2, params);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         rc = pg_fail(s, e, "reading events", r);
         PQclear(r);
@@ -454,6 +489,14 @@ static int next_result(struct pg_store *s, int64_t deadline, PGresult **out)
         if (left <= 0) {
             log_warn("PostgreSQL did not answer in time; dropping the connection",
                      "timeout_ms=%d", APPEND_TIMEOUT_MS);
+            /* ask the server to stop whatever the backend is doing (a wait
+             * it would not notice the closed socket in), then close */
+            PGcancel *cancel = PQgetCancel(s->conn);
+            char why[256];
+            if (cancel != NULL && PQcancel(cancel, why, sizeof(why)) == 0) {
+                log_debug("cancel request failed", "err=\"%s\"", why);
+            }
+            PQfreeCancel(cancel);
             disconnect(s);
             s->backoff_us = BACKOFF_MIN_US;
             s->retry_at_us = time_mono_us() + BACKOFF_MIN_US;

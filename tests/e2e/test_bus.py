@@ -182,6 +182,17 @@ class BusTest(unittest.TestCase):
                 s.kill()
                 s.cleanup()
 
+    def test_ids_with_blanks_cross_the_bus_intact(self):
+        """NATS trims blanks from header values; stream ids travel encoded,
+        so "sp " and "sp" stay two commands, as in the embedded mode."""
+        for id_, camp in (("sp ", "c-a"), ("sp", "c-b"), (" sp", "c-c")):
+            status, _, _, raw = self.api.post("imp", {"id": id_, K_CAMPANA: camp})
+            self.assertEqual(status, 202, raw)
+        streams = wait_for(lambda: (lambda s: s if len(s) >= 3 else None)(
+            stored_streams(self.store.data_dir)), 30, "three stored commands")
+        self.assertEqual(sorted(streams), ["impresion: sp", "impresion:sp", "impresion:sp "])
+        self.assertEqual(dlq(self.nats, "list").stdout.strip(), "")
+
     def test_streams_survive_a_broker_restart(self):
         for i in range(10):
             status, _, _, raw = self.api.post("imp", {"id": "keep-%d" % i, K_CAMPANA: "k"})

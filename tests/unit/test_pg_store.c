@@ -288,12 +288,46 @@ static void killed_in_a_batch(const char *name, const char *when, size_t n)
     free(names);
 }
 
+/* A transaction holding the append lock and never finishing (a frozen or
+ * cut-off writer): appends give up within their deadline, and their
+ * backends stop waiting (lock_timeout) instead of piling up. */
+static void lock_held_forever(void)
+{
+    struct err e;
+    char vurl[600];
+    snprintf(vurl, sizeof(vurl), "%s?application_name=waiter", url);
+    struct evstore *s = NULL;
+    if (evstore_open(vurl, "/nonexistent", 0, &s, &e) != ERR_OK) {
+        CHECKF(0, "open: %s", e.msg);
+        return;
+    }
+    PGconn *blocker = PQconnectdb(url);
+    PQclear(PQexec(blocker, "BEGIN"));
+    PQclear(PQexec(blocker, "SELECT pg_advisory_xact_lock(7526769250022511)"));
+    struct event_in ev = mk("held:1", "{}");
+    struct append_out out;
+    for (int i = 0; i < 3; i++) {
+        int64_t t0 = time_mono_us();
+        int rc = evstore_append(s, &ev, 1, &out, &e);
+        int64_t ms = (time_mono_us() - t0) / 1000;
+        CHECKF(rc == ERR_IO && ms < 6000, "append %d: rc %d after %lld ms", i, rc, (long long)ms);
+        usleep(150000);     /* past the reconnect backoff */
+    }
+    CHECK(count_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'waiter'"
+                    " AND wait_event_type = 'Lock'") == 0);
+    PQclear(PQexec(blocker, "ROLLBACK"));
+    PQfinish(blocker);
+    CHECK(append_retrying(s, &ev, 1, &out) == ERR_OK && out.status == ERR_OK);
+    evstore_close(s);
+}
+
 int main(void)
 {
     concurrent_writers_and_a_tail();
     if (url[0] != '\0') {
         killed_in_a_batch("waiting", "lock", 100);
         killed_in_a_batch("inserting", "insert", 30000);
+        lock_held_forever();
     } else {
         printf("skipped: no test cluster (RASTRO_TEST_PG_DIR unset)\n");
     }
