@@ -81,6 +81,21 @@ static void on_reconnected(natsConnection *nc, void *closure)
     log_info("NATS reconnected", NULL);
 }
 
+/* Waits up to secs for *flag (set under mu, signalled on cv): nats.c's
+ * last callback for something we are about to free. */
+static bool wait_flag(pthread_mutex_t *mu, pthread_cond_t *cv, bool *flag, int secs)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += secs;
+    pthread_mutex_lock(mu);
+    while (!*flag && pthread_cond_timedwait(cv, mu, &ts) == 0) {
+    }
+    bool v = *flag;
+    pthread_mutex_unlock(mu);
+    return v;
+}
+
 static void on_closed(natsConnection *nc, void *closure)
 {
     (void)nc;
@@ -375,14 +390,7 @@ void natsbus_close(struct natsbus *nb)
         jsCtx_Destroy(nb->js);
     }
     natsConnection_Close(nb->nc);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 5;
-    pthread_mutex_lock(&nb->mu);
-    while (!nb->closed && pthread_cond_timedwait(&nb->closed_cv, &nb->mu, &ts) == 0) {
-    }
-    bool closed = nb->closed;
-    pthread_mutex_unlock(&nb->mu);
+    bool closed = wait_flag(&nb->mu, &nb->closed_cv, &nb->closed, 5);
     natsConnection_Destroy(nb->nc);
     if (!closed) {
         log_warn("NATS connection did not report closed in time", NULL);
@@ -472,14 +480,7 @@ static void n_close(struct bus *base)
     struct bus_nats *b = (struct bus_nats *)base;
     if (b->sub != NULL) {
         natsSubscription_Unsubscribe(b->sub);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 5;
-        pthread_mutex_lock(&b->mu);
-        while (!b->sub_done && pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0) {
-        }
-        bool done = b->sub_done;
-        pthread_mutex_unlock(&b->mu);
+        bool done = wait_flag(&b->mu, &b->cv, &b->sub_done, 5);
         natsSubscription_Destroy(b->sub);
         if (!done) {
             /* the handler may yet run: leaking the bus beats a use after free */
