@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, events, rastro  # noqa: E402
 
 
+@unittest.skipUnless(os.geteuid() == 0, "needs root to mount a small tmpfs")
 class DiskFullTest(unittest.TestCase):
 
     def setUp(self):
