@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.parse
@@ -175,6 +176,72 @@ def wait_for(pred, timeout, what, step=0.05):
             return v
         time.sleep(step)
     raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
+class PostLoad:
+    """Client threads POSTing impressions with fresh ids ("<prefix>-<t>-<n>")
+    until stop(), while a test breaks something. Keeps every id that got a
+    202 (as its stream id, in acked), the count of each answer (answers), and
+    every answer that is not allowed (bad): anything but 202 or 503 with
+    Retry-After, a connection error, an answer slower than answer_within, or
+    a 503 slower than refuse_within (seconds; None: no limit).
+
+        load = PostLoad(server, "k", campaign="c").start()
+        ... wait_for(lambda: load.count(202) > 100, ...) ...
+        load.stop()
+    """
+
+    def __init__(self, server, prefix, campaign, threads=4, answer_within=None,
+                 refuse_within=None, pause=0.0):
+        self.server, self.prefix, self.campaign = server, prefix, campaign
+        self.n_threads, self.pause = threads, pause
+        self.answer_within, self.refuse_within = answer_within, refuse_within
+        self.acked, self.answers, self.bad = set(), {}, []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = []
+
+    def _run(self, t):
+        n = 0
+        while not self._stop.is_set():
+            id_ = "%s-%d-%d" % (self.prefix, t, n)
+            n += 1
+            t0 = time.monotonic()
+            try:
+                status, hdrs, _, raw = self.server.post("imp", {"id": id_,
+                                                                K_CAMPANA: self.campaign})
+            except OSError as ex:
+                status, hdrs, raw = None, {}, repr(ex)
+            took = time.monotonic() - t0
+            with self._lock:
+                self.answers[status] = self.answers.get(status, 0) + 1
+                if status == 202:
+                    self.acked.add(KIND_STREAM["imp"] + id_)
+                elif status != 503 or "retry-after" not in hdrs:
+                    self.bad.append((id_, status, raw))
+                limit = self.refuse_within if status == 503 else None
+                for lim in (limit, self.answer_within):
+                    if lim is not None and took > lim:
+                        self.bad.append((id_, status, "took %.2f s" % took))
+                        break
+            if self.pause:
+                time.sleep(self.pause)
+
+    def start(self):
+        self._threads = [threading.Thread(target=self._run, args=(t,))
+                         for t in range(self.n_threads)]
+        for th in self._threads:
+            th.start()
+        return self
+
+    def count(self, status):
+        with self._lock:
+            return self.answers.get(status, 0)
+
+    def stop(self):
+        self._stop.set()
+        for th in self._threads:
+            th.join()
 
 
 def rastro(*args, timeout=CLI_TIMEOUT):

@@ -15,13 +15,12 @@ embedded SQLite store behind the handler:
 import json
 import os
 import sys
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, KIND_STREAM, Server, events, rastro, wait_for  # noqa: E402
+from harness import K_CAMPANA, PostLoad, Server, events, rastro, wait_for  # noqa: E402
 from infra import NatsServer, nats_publish  # noqa: E402
 
 
@@ -53,56 +52,27 @@ class BusTest(unittest.TestCase):
         self.nats.cleanup()
 
     def test_bus_down_then_back(self):
-        acked, lock = set(), threading.Lock()
-        answers = {}
-        slow = []
-        stop = threading.Event()
-
-        def client(t):
-            n = 0
-            while not stop.is_set():
-                id_ = "down-%d-%d" % (t, n)
-                n += 1
-                t0 = time.monotonic()
-                status, hdrs, _, raw = self.api.post("imp", {"id": id_, K_CAMPANA: "c-down"})
-                took = time.monotonic() - t0
-                with lock:
-                    answers[status] = answers.get(status, 0) + 1
-                    if status == 202:
-                        acked.add(KIND_STREAM["imp"] + id_)
-                    elif status == 503:
-                        if "retry-after" not in hdrs:
-                            slow.append((id_, "503 without Retry-After"))
-                        if took > 1.0:
-                            slow.append((id_, "503 after %.2f s" % took))
-                    else:
-                        slow.append((id_, status, raw))
-                time.sleep(0.005)
-
-        threads = [threading.Thread(target=client, args=(t,)) for t in range(3)]
-        for t in threads:
-            t.start()
+        load = PostLoad(self.api, "down", campaign="c-down", threads=3, refuse_within=1.0,
+                        pause=0.005).start()
         try:
-            wait_for(lambda: answers.get(202, 0) > 50, 30, "202s with the bus up")
+            wait_for(lambda: load.count(202) > 50, 30, "202s with the bus up")
             self.nats.stop()
             t_down = time.monotonic()
-            wait_for(lambda: answers.get(503, 0) > 20, 10, "503s with the bus down")
+            wait_for(lambda: load.count(503) > 20, 10, "503s with the bus down")
             first_503 = time.monotonic() - t_down
             self.nats.start()
-            before = answers.get(202, 0)
-            wait_for(lambda: answers.get(202, 0) > before + 50, 30, "202s after the bus is back")
+            before = load.count(202)
+            wait_for(lambda: load.count(202) > before + 50, 30, "202s after the bus is back")
         finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        self.assertEqual(slow, [])
+            load.stop()
+        self.assertEqual(load.bad, [])
         self.assertLess(first_503, 5.0)
         # nothing that got a 202 is lost, nothing is there twice
-        wait_for(lambda: set(stored_streams(self.store.data_dir)) >= acked, 60,
+        wait_for(lambda: set(stored_streams(self.store.data_dir)) >= load.acked, 60,
                  "every acknowledged command in the store")
         streams = stored_streams(self.store.data_dir)
         self.assertEqual(len(streams), len(set(streams)))
-        print("bus down: answers %r, %d stored" % (answers, len(streams)), file=sys.stderr)
+        print("bus down: answers %r, %d stored" % (load.answers, len(streams)), file=sys.stderr)
         status, _, js, _ = self.api.request("GET", "/health/ready")
         self.assertEqual(status, 200, js)
 

@@ -7,13 +7,12 @@ all. (A 503 during the fail-over is allowed: it promised nothing.)
 
 import os
 import sys
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events, wait_for  # noqa: E402
+from harness import CAMPANAS, PostLoad, Server, enc, events, wait_for  # noqa: E402
 from infra import nats_cluster  # noqa: E402
 
 
@@ -37,40 +36,16 @@ class NatsClusterTest(unittest.TestCase):
             # JetStream needs its meta leader before the R3 streams exist
             wait_for(lambda: api.request("GET", "/health/ready")[0] == 200, 60,
                      "the api ready (R3 streams created)")
-            acked, answers, bad = set(), {}, []
-            lock = threading.Lock()
-            stop = threading.Event()
-
-            def client(t):
-                n = 0
-                while not stop.is_set():
-                    id_ = "cl-%d-%d" % (t, n)
-                    n += 1
-                    try:
-                        status, hdrs, _, raw = api.post("imp", {"id": id_, K_CAMPANA: "c-cl"})
-                    except OSError as ex:
-                        status, raw = None, repr(ex)
-                    with lock:
-                        answers[status] = answers.get(status, 0) + 1
-                        if status == 202:
-                            acked.add(KIND_STREAM["imp"] + id_)
-                        elif status != 503:
-                            bad.append((id_, status, raw))
-
-            threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
-            for t in threads:
-                t.start()
+            load = PostLoad(api, "cl", campaign="c-cl").start()
             try:
-                wait_for(lambda: answers.get(202, 0) > 300, 60, "202s before the stop")
+                wait_for(lambda: load.count(202) > 300, 60, "202s before the stop")
                 nodes[0].stop()
-                before = answers.get(202, 0)
-                wait_for(lambda: answers.get(202, 0) > before + 300, 60,
-                         "202s with one server down")
+                before = load.count(202)
+                wait_for(lambda: load.count(202) > before + 300, 60, "202s with one server down")
             finally:
-                stop.set()
-                for t in threads:
-                    t.join()
-            self.assertEqual(bad, [])
+                load.stop()
+            self.assertEqual(load.bad, [])
+            acked, answers = load.acked, load.answers
 
             def stored():
                 return {e["stream_id"] for e in events(store.data_dir)} >= acked

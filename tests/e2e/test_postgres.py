@@ -19,8 +19,8 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import (CAMPANAS, K_CAMPANA, KIND_STREAM, Server, enc, events,  # noqa: E402
-                     rastro)
+from harness import (CAMPANAS, K_CAMPANA, KIND_STREAM, PostLoad, Server, enc,  # noqa: E402
+                     events, rastro)
 from infra import PG_DIR, migrated, new_database, psql  # noqa: E402
 
 def impression(camp, id_=None):
@@ -141,36 +141,9 @@ class PostgresStoreTest(unittest.TestCase):
     def test_connections_killed_under_load(self):
         url = migrated("kill")
         srv = Server(extra_args=["--store", url]).start()
-        acked, bad = set(), []
-        codes = {}
-        lock = threading.Lock()
-        stop = threading.Event()
-
-        def worker(t):
-            n = 0
-            while not stop.is_set():
-                id_ = "k%d-%d" % (t, n)
-                n += 1
-                t0 = time.monotonic()
-                try:
-                    status, hdrs, _, raw = srv.post("imp", impression("pg-kill", id_))
-                except OSError as ex:
-                    bad.append((id_, repr(ex)))
-                    continue
-                took = time.monotonic() - t0
-                with lock:
-                    codes[status] = codes.get(status, 0) + 1
-                    if status == 202:
-                        acked.add(id_)
-                    elif status != 503 or "retry-after" not in hdrs:
-                        bad.append((id_, status, raw))
-                    if took > 5:
-                        bad.append((id_, "took %.1f s" % took))
-
+        load = PostLoad(srv, "k", campaign="pg-kill", answer_within=5)
         try:
-            threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-            for t in threads:
-                t.start()
+            load.start()
             killed = 0
             for _ in range(8):
                 time.sleep(0.3)
@@ -178,16 +151,15 @@ class PostgresStoreTest(unittest.TestCase):
                                  " WHERE application_name = 'rastro' AND datname = current_database()")
                 killed += int(rows[0][0])
             time.sleep(1.0)     # the last kill's backoff passes; 202s again
-            stop.set()
-            for t in threads:
-                t.join()
-            self.assertEqual(bad, [])
+            load.stop()
+            self.assertEqual(load.bad, [])
+            codes = load.answers
             self.assertGreater(killed, 0)
             self.assertIn(503, codes, "no request was in flight at a kill? %r" % codes)
             # recovered by itself
             status, _, _, raw = srv.post("imp", impression("pg-kill", "after"))
             self.assertEqual(status, 202, raw)
-            acked.add("after")
+            acked = {a[len(KIND_STREAM["imp"]):] for a in load.acked} | {"after"}
             stored = psql(url, "SELECT substr(stream_id, %d), count(*) FROM events GROUP BY 1"
                           % (len(KIND_STREAM["imp"]) + 1))
             counts = {sid: int(n) for sid, n in stored}
@@ -198,7 +170,7 @@ class PostgresStoreTest(unittest.TestCase):
                   % (killed, codes, len(counts)), file=sys.stderr)
             srv.stop()
         finally:
-            stop.set()
+            load.stop()
             srv.kill()
             srv.cleanup()
 
