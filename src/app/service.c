@@ -267,10 +267,13 @@ out:
     http_stop(http);
     dist_stop_roles(&dist);     /* handler, relay: finish their batch (after HTTP: /metrics reads them) */
     selfcheck_free(selfcheck);
-    if (proj != NULL && status == 0) {
-        log_info("stopped", "position=%lld projected=%lld",
-                 (long long)(committer != NULL ? committer_head(committer) : head),
+    if (proj != NULL && status == 0 && committer != NULL) {
+        log_info("stopped", "position=%lld projected=%lld", (long long)committer_head(committer),
                  (long long)projector_position(proj));
+    } else if (proj != NULL && status == 0) {
+        log_info("stopped", "projected=%lld", (long long)projector_position(proj));
+    } else if (status == 0) {
+        log_info("stopped", NULL);
     }
     projector_free(proj);
     rmcache_free(cache);        /* after the projector and HTTP, its two users */
