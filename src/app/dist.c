@@ -171,31 +171,26 @@ static int dist_metrics(struct buf *b, void *arg)
     TRY(metrics_sample(b, "rastro_bus_publishes_pending", NULL, (double)natsbus_pending(d->nb)));
     if (d->pub != NULL) {
         const struct publisher_metrics *pm = publisher_get_metrics(d->pub);
-        TRY(metrics_header(b, "rastro_bus_commands_total", "counter",
-                           "Commands the api published, by result (acked: JetStream has it, "
-                           "duplicates included; refused: 503 at once, bus down; failed: no or "
-                           "bad ack, 503)."));
-        TRY(metrics_sample_u64(b, "rastro_bus_commands_total", "result=\"acked\"",
-                               atomic_load(&pm->published)));
-        TRY(metrics_sample_u64(b, "rastro_bus_commands_total", "result=\"duplicate\"",
-                               atomic_load(&pm->duplicates)));
-        TRY(metrics_sample_u64(b, "rastro_bus_commands_total", "result=\"refused\"",
-                               atomic_load(&pm->refused)));
-        TRY(metrics_sample_u64(b, "rastro_bus_commands_total", "result=\"failed\"",
-                               atomic_load(&pm->failed)));
+        const struct metric_u64 v[] = {
+            { "acked", atomic_load(&pm->published) }, { "duplicate", atomic_load(&pm->duplicates) },
+            { "refused", atomic_load(&pm->refused) }, { "failed", atomic_load(&pm->failed) },
+        };
+        TRY(metrics_counters(b, "rastro_bus_commands_total",
+                             "Commands the api published, by result (acked: JetStream has it, "
+                             "duplicates included; refused: 503 at once, bus down; failed: no or "
+                             "bad ack, 503).", "result", v, ARRAY_LEN(v)));
     }
     if (d->handler != NULL) {
         const struct handler_metrics *hm = handler_get_metrics(d->handler);
-        TRY(metrics_header(b, "rastro_handler_commands_total", "counter",
-                           "Commands the handler took from the bus, by outcome."));
-        TRY(metrics_sample_u64(b, "rastro_handler_commands_total", "result=\"appended\"",
-                               atomic_load(&hm->appended)));
-        TRY(metrics_sample_u64(b, "rastro_handler_commands_total", "result=\"duplicate\"",
-                               atomic_load(&hm->duplicates)));
-        TRY(metrics_sample_u64(b, "rastro_handler_commands_total", "result=\"retried\"",
-                               atomic_load(&hm->retried)));
-        TRY(metrics_sample_u64(b, "rastro_handler_commands_total", "result=\"dead_lettered\"",
-                               atomic_load(&hm->dead_lettered)));
+        const struct metric_u64 v[] = {
+            { "appended", atomic_load(&hm->appended) },
+            { "duplicate", atomic_load(&hm->duplicates) },
+            { "retried", atomic_load(&hm->retried) },
+            { "dead_lettered", atomic_load(&hm->dead_lettered) },
+        };
+        TRY(metrics_counters(b, "rastro_handler_commands_total",
+                             "Commands the handler took from the bus, by outcome.", "result", v,
+                             ARRAY_LEN(v)));
         TRY(metrics_header(b, "rastro_handler_store_failures_total", "counter",
                            "Batches the event store refused (naked, delivered again)."));
         TRY(metrics_sample_u64(b, "rastro_handler_store_failures_total", NULL,

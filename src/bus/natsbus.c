@@ -58,7 +58,6 @@ int natsbus_err(struct err *e, const char *what, natsStatus s, jsErrCode je)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     struct natsbus *nb = closure;
-    atomic_store(&nb->m.connected, 0);
     if (natsConnection_IsClosed(nc)) {
         return;     /* our own close */
     }
@@ -70,8 +69,6 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
     (void)nc;
     struct natsbus *nb = closure;
-    atomic_store(&nb->m.connected, 1);
-    counter_add(&nb->m.reconnects, 1);
     /* a restarted server may have lost its streams (no file storage, or
      * a new cluster): check them again before publishing */
     atomic_store(&nb->streams_ok, false);
@@ -109,8 +106,7 @@ static void on_closed(natsConnection *nc, void *closure)
 static void on_connected(natsConnection *nc, void *closure)
 {
     (void)nc;
-    struct natsbus *nb = closure;
-    atomic_store(&nb->m.connected, 1);
+    (void)closure;
     log_info("NATS connected", NULL);
 }
 
@@ -341,11 +337,9 @@ int natsbus_open(const char *url, int replicas, struct natsbus **out, struct err
     }
     s = natsConnection_Connect(&nb->nc, o);
     natsOptions_Destroy(o);
-    if (s == NATS_OK) {
-        atomic_store(&nb->m.connected, 1);
-    } else if (s == NATS_NOT_YET_CONNECTED) {
+    if (s == NATS_NOT_YET_CONNECTED) {
         log_warn("NATS not reachable yet; retrying in the background", NULL);
-    } else {
+    } else if (s != NATS_OK) {
         free_bus(nb);
         return natsbus_err(e, "connecting to NATS", s, 0);
     }
@@ -407,7 +401,6 @@ void natsbus_close(struct natsbus *nb)
     free_bus(nb);
 }
 
-natsConnection *natsbus_conn(struct natsbus *nb) { return nb->nc; }
 jsCtx *natsbus_js(struct natsbus *nb) { return nb->js; }
 const struct natsbus_metrics *natsbus_get_metrics(struct natsbus *nb) { return &nb->m; }
 

@@ -60,8 +60,6 @@ typedef void (*natsbus_ack_fn)(void *closure, natsMsg *msg, jsPubAck *pa, jsPubA
 
 struct natsbus_metrics {
     _Atomic uint64_t disconnects;
-    _Atomic uint64_t reconnects;
-    _Atomic int connected;      /* 1 while connected */
 };
 
 /*
@@ -86,7 +84,6 @@ bool natsbus_ready(struct natsbus *nb);
 /* Waits up to timeout_ms for natsbus_ready(). */
 bool natsbus_wait_ready(struct natsbus *nb, int timeout_ms);
 
-natsConnection *natsbus_conn(struct natsbus *nb);
 jsCtx *natsbus_js(struct natsbus *nb);
 const struct natsbus_metrics *natsbus_get_metrics(struct natsbus *nb);
 

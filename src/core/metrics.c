@@ -56,6 +56,18 @@ int metrics_sample(struct buf *b, const char *name, const char *labels, double v
     return buf_printf(b, "%s %s\n", name, num);
 }
 
+int metrics_counters(struct buf *b, const char *name, const char *help, const char *key,
+                     const struct metric_u64 *vals, size_t n)
+{
+    int rc = metrics_header(b, name, "counter", help);
+    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
+        char lb[128];
+        snprintf(lb, sizeof(lb), "%s=\"%s\"", key, vals[i].label);
+        rc = metrics_sample_u64(b, name, lb, vals[i].v);
+    }
+    return rc;
+}
+
 int metrics_sample_u64(struct buf *b, const char *name, const char *labels, uint64_t v)
 {
     if (labels != NULL && labels[0] != '\0') {

@@ -40,6 +40,14 @@ static inline void counter_add(_Atomic uint64_t *c, uint64_t n)
 int metrics_header(struct buf *b, const char *name, const char *type, const char *help) WARN_UNUSED;
 int metrics_sample(struct buf *b, const char *name, const char *labels, double v) WARN_UNUSED;
 int metrics_sample_u64(struct buf *b, const char *name, const char *labels, uint64_t v) WARN_UNUSED;
+/* A counter family with one label: the header, then name{key="label"} v
+ * for each of the n values. */
+struct metric_u64 {
+    const char *label;
+    uint64_t v;
+};
+int metrics_counters(struct buf *b, const char *name, const char *help, const char *key,
+                     const struct metric_u64 *vals, size_t n) WARN_UNUSED;
 /* Buckets, sum and count of one histogram series (header written by caller). */
 int metrics_histogram(struct buf *b, const char *name, const char *labels,
                       const struct histogram *h) WARN_UNUSED;

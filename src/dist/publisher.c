@@ -102,8 +102,3 @@ void publisher_submit_cmd(struct publisher *p, struct commit_req *r, bool ts_def
         fail(r, "message bus unavailable; retry");
     }
 }
-
-void publisher_submit(struct publisher *p, struct commit_req *r)
-{
-    publisher_submit_cmd(p, r, false);
-}

@@ -33,7 +33,6 @@ struct publisher;
 
 struct publisher *publisher_new(struct natsbus *nb);
 void publisher_free(struct publisher *p);
-void publisher_submit(struct publisher *p, struct commit_req *r);
 /* ts_defaulted: the client sent no timestamp (see wire.h). */
 void publisher_submit_cmd(struct publisher *p, struct commit_req *r, bool ts_defaulted);
 const struct publisher_metrics *publisher_get_metrics(struct publisher *p);

@@ -201,12 +201,10 @@ static int render(struct http_server *s, struct buf *b)
     if (s->deps.cache != NULL) {
         struct rmcache_stats cs;
         rmcache_get_stats(s->deps.cache, &cs);
-        TRY(metrics_header(b, "rastro_query_cache_lookups_total", "counter",
-                           "Statistics and by-id GETs answered from memory (hit) or from the "
-                           "read models (miss)."));
-        TRY(metrics_sample_u64(b, "rastro_query_cache_lookups_total", "result=\"hit\"", cs.hits));
-        TRY(metrics_sample_u64(b, "rastro_query_cache_lookups_total", "result=\"miss\"",
-                               cs.misses));
+        const struct metric_u64 lookups[] = { { "hit", cs.hits }, { "miss", cs.misses } };
+        TRY(metrics_counters(b, "rastro_query_cache_lookups_total",
+                             "Statistics and by-id GETs answered from memory (hit) or from the "
+                             "read models (miss).", "result", lookups, ARRAY_LEN(lookups)));
         TRY(metrics_header(b, "rastro_query_cache_entries", "gauge",
                            "Query answers held in memory."));
         TRY(metrics_sample(b, "rastro_query_cache_entries", NULL, (double)cs.entries));
