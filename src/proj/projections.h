@@ -26,8 +26,26 @@ struct proj_counters {
     int64_t invalid;        /* known type whose data does not decode */
 };
 
+/* One event, decoded: what proj_apply() does in two steps, so a rebuild
+ * can decode on one thread while another applies (projector.c). */
+struct proj_decoded {
+    int64_t position;
+    int64_t recorded_at_us;
+    enum { PROJ_OK, PROJ_UNKNOWN, PROJ_INVALID } status;
+    char label[256];            /* skipped-table label: the type (at most 200 bytes of
+                                 * it), or "<type>:invalid" */
+    struct tracking t;          /* PROJ_OK */
+};
+
+/* Decodes ev into d (logging data that does not decode). Thread-safe. */
+void proj_decode(const struct event_rec *ev, struct proj_decoded *d);
+
+/* Applies a decoded event; returns as proj_apply(). */
+int proj_apply_decoded(struct readmodel *rm, struct stats_acc *acc, const struct proj_decoded *d,
+                       struct proj_counters *c, struct err *e) WARN_UNUSED;
+
 /*
- * Applies one event. Unknown types are counted in the skipped table and in
+ * Applies one event (proj_decode + proj_apply_decoded). Unknown types are counted in the skipped table and in
  * c->skipped, not treated as errors; undecodable data is counted as
  * "<type>:invalid" and in c->invalid, and logged. Returns ERR_OK or an
  * ERR_IO from the read models (then the caller rolls the batch back).

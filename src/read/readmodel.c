@@ -96,6 +96,13 @@ static const char *tables_sql =
     /* rows per read model, kept with each batch (a count(*) would scan) */
     "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);";
 
+/* A rebuild's index memtables, in entries (the default is lsmidx's): each
+ * flush is a run that later merges rewrite, and a rebuild adds three
+ * entries an event. At 2M, the ids of a million events are one run that
+ * never merges; measured on 1M events, rebuild CPU fell from 6.7 to 3.9 s
+ * (the index thread's flushes and merges), for ~100 MiB more at peak. */
+#define BULK_MEMTABLE (2u * 1024 * 1024)
+
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
     struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
@@ -313,7 +320,8 @@ static int open_index(struct readmodel *rm, struct err *e)
     snprintf(dir, sizeof(dir), "%s", rm->path);
     char *d = dirname(dir);
     const char *mt = getenv("RASTRO_INDEX_MEMTABLE");
-    size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10) : 0;
+    size_t memtable = mt != NULL ? (size_t)strtoull(mt, NULL, 10)
+                      : rm->mode == RM_BULK ? BULK_MEMTABLE : 0;
     rm->ix = xcalloc(1, sizeof(*rm->ix));
     rm->owns_ix = true;
     snprintf(rm->ix->ids_path, sizeof(rm->ix->ids_path), "%s/rm-%s.ids", d, gen);
