@@ -98,10 +98,10 @@ static const char *tables_sql =
 
 /* A rebuild's index memtables, in entries (the default is lsmidx's): each
  * flush is a run that later merges rewrite, and a rebuild adds three
- * entries an event. At 2M, the ids of a million events are one run that
- * never merges; measured on 1M events, rebuild CPU fell from 6.7 to 3.9 s
- * (the index thread's flushes and merges), for ~100 MiB more at peak. */
-#define BULK_MEMTABLE (2u * 1024 * 1024)
+ * entries an event. Measured (rebuild events/s, peak RSS): on 1M events,
+ * 256K -> 1M-2M took the rebuild's CPU from 6.7 to 3.5-4.5 s; on 10M,
+ * 512K 240k/s 520 MB, 1M 257k/s 640 MB, 2M 210-220k/s 1 GB. */
+#define BULK_MEMTABLE (1024u * 1024)
 
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
