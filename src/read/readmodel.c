@@ -26,7 +26,7 @@
 enum stmt_id {
     S_CKPT_GET, S_CKPT_SET,
     S_INS_IMP, S_INS_CONV,
-    S_STATS_ADD, S_VALOR_GET, S_VALOR_SET, S_SKIP,
+    S_STATS_ADD, S_VALOR_ADD, S_SKIP,
     S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
     S_STATS_GET, S_VALOR_LIST, S_POSITION,
     S__COUNT
@@ -47,9 +47,11 @@ static const char *const stmt_sql[S__COUNT] = {
                     " impresiones=impresiones+excluded.impresiones,"
                     " conversiones=conversiones+excluded.conversiones,"
                     " ultima=max(ultima, excluded.ultima)",
-    [S_VALOR_GET] = "SELECT valor, conversiones FROM stats_valor WHERE scope=? AND key=? AND moneda=?",
-    [S_VALOR_SET] = "INSERT OR REPLACE INTO stats_valor(scope, key, moneda, valor, conversiones)"
-                    " VALUES(?,?,?,?,?)",
+    /* one seek and an update in place (rastro_add_ticks: writer only) */
+    [S_VALOR_ADD] = "INSERT INTO stats_valor(scope, key, moneda, valor, conversiones)"
+                    " VALUES(?1,?2,?3,?4,?5) ON CONFLICT(scope, key, moneda) DO UPDATE SET"
+                    " valor=rastro_add_ticks(valor, excluded.valor),"
+                    " conversiones=conversiones+excluded.conversiones",
     [S_SKIP] = "INSERT INTO skipped(type, count) VALUES(?1,?2)"
                " ON CONFLICT(type) DO UPDATE SET count=count+excluded.count",
     [S_ROW_IMP] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
@@ -409,6 +411,25 @@ static int open_readers(struct readmodel *rm, struct err *e)
     return rc;
 }
 
+/* rastro_add_ticks(a, b): the sum of two money totals kept as decimal
+ * ten-thousandths, in 128 bits (SQLite's integers are 64). A total that is
+ * not such a number fails the statement, and with it the batch. */
+static void sql_add_ticks(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    const char *a = (const char *)sqlite3_value_text(argv[0]);
+    const char *b = (const char *)sqlite3_value_text(argv[1]);
+    __int128 x = 0, y = 0;
+    if (a == NULL || b == NULL || money_parse_ticks(a, &x) != ERR_OK ||
+        money_parse_ticks(b, &y) != ERR_OK) {
+        sqlite3_result_error(ctx, "corrupt money total", -1);
+        return;
+    }
+    char txt[48];
+    money_ticks_text(x + y, txt, sizeof(txt));
+    sqlite3_result_text(ctx, txt, -1, SQLITE_TRANSIENT);
+}
+
 int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
                    struct err *e)
 {
@@ -437,6 +458,12 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                                         " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192",
                   e);
+        if (rc == ERR_OK &&
+            sqlite3_create_function(rm->db, "rastro_add_ticks", 2,
+                                    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, NULL,
+                                    sql_add_ticks, NULL, NULL) != SQLITE_OK) {
+            rc = db_err(rm, e, "registering rastro_add_ticks");
+        }
         if (rc != ERR_OK) {
             goto fail;
         }
@@ -657,7 +684,7 @@ int money_parse_ticks(const char *s, __int128 *out)
     if (neg) {
         s++;
     }
-    if (*s == '\0') {
+    if (*s == '\0' || strlen(s) > 38) {   /* 38 digits fit 127 bits */
         return ERR_INVALID;
     }
     for (; *s != '\0'; s++) {
@@ -696,40 +723,18 @@ void money_format(__int128 ticks, char *out, size_t max)
 int rm_stats_add_valor(struct readmodel *rm, enum rm_scope scope, const char *key,
                        const char *moneda, __int128 ticks, int64_t d_conv, struct err *e)
 {
-    sqlite3_stmt *get = stmt(rm, S_VALOR_GET, e);
-    sqlite3_stmt *set = stmt(rm, S_VALOR_SET, e);
-    if (get == NULL || set == NULL) {
+    sqlite3_stmt *st = stmt(rm, S_VALOR_ADD, e);
+    if (st == NULL) {
         return ERR_IO;
     }
-    __int128 cur = 0;
-    int64_t conv = 0;
-    sqlite3_bind_int(get, 1, (int)scope);
-    sqlite3_bind_text(get, 2, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(get, 3, moneda, -1, SQLITE_STATIC);
-    int r = sqlite3_step(get);
-    int rc = ERR_OK;
-    if (r == SQLITE_ROW) {
-        const char *txt = (const char *)sqlite3_column_text(get, 0);
-        conv = sqlite3_column_int64(get, 1);
-        if (txt == NULL || money_parse_ticks(txt, &cur) != ERR_OK) {
-            rc = err_set(e, ERR_IO, "corrupt money total for %s %s", key, moneda);
-        }
-    } else if (r != SQLITE_DONE) {
-        rc = db_err(rm, e, "reading money total");
-    }
-    sqlite3_reset(get);
-    sqlite3_clear_bindings(get);
-    if (rc != ERR_OK) {
-        return rc;
-    }
     char txt[48];
-    money_ticks_text(cur + ticks, txt, sizeof(txt));
-    sqlite3_bind_int(set, 1, (int)scope);
-    sqlite3_bind_text(set, 2, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(set, 3, moneda, -1, SQLITE_STATIC);
-    sqlite3_bind_text(set, 4, txt, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(set, 5, conv + d_conv);
-    return step_done(rm, set, e, "writing money total");
+    money_ticks_text(ticks, txt, sizeof(txt));
+    sqlite3_bind_int(st, 1, (int)scope);
+    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, moneda, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, txt, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, d_conv);
+    return step_done(rm, st, e, "writing money total");
 }
 
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e)

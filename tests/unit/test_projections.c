@@ -3,6 +3,7 @@
  * a throwaway read-model file: table-driven, and the replay rule (one batch
  * or one event at a time must give the same read models).
  */
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -106,6 +107,51 @@ static void test_money_format(void)
     __int128 x;
     CHECK(money_parse_ticks("", &x) != ERR_OK);
     CHECK(money_parse_ticks("1.5", &x) != ERR_OK);
+    CHECK(money_parse_ticks("123456789012345678901234567890123456789", &x) != ERR_OK);
+}
+
+/* Money totals are summed in the read model by rastro_add_ticks, in 128
+ * bits, across batches; a total that is not a number fails the batch. */
+static void test_money_totals_in_db(const char *dir)
+{
+    char path[400];
+    snprintf(path, sizeof(path), "%s/money", dir);
+    CHECK(mkdir(path, 0755) == 0);
+    snprintf(path, sizeof(path), "%s/money/readmodels.db", dir);
+    struct readmodel *rm = NULL;
+    struct err e;
+    CHECK(readmodel_open(path, RM_WRITER, NULL, &rm, &e) == ERR_OK);
+    if (rm == NULL) {
+        return;
+    }
+    static const struct {
+        __int128 add;
+        const char *want;       /* valor_por_moneda's USD after the batch */
+    } steps[] = {
+        { 9000000000000000000LL, "\"USD\":900000000000000}" },
+        { 9000000000000000000LL, "\"USD\":1800000000000000}" },   /* past 2^63 ticks */
+        { -1, "\"USD\":1799999999999999.9999}" },
+    };
+    struct buf out;
+    buf_init(&out, 0);
+    for (size_t i = 0; i < ARRAY_LEN(steps); i++) {
+        CHECK(rm_begin(rm, &e) == ERR_OK);
+        CHECK(rm_stats_add_valor(rm, SCOPE_CAMPANA, "c", "USD", steps[i].add, 1, &e) == ERR_OK);
+        CHECK(rm_commit(rm, &e) == ERR_OK);
+        buf_reset(&out);
+        CHECK(rm_query_stats(rm, SCOPE_CAMPANA, "c", &out, &e) == ERR_OK);
+        CHECKF(strstr(out.p, steps[i].want) != NULL, "step %zu: %s", i, out.p);
+    }
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK &&
+          sqlite3_exec(db, "UPDATE stats_valor SET valor='12x'", NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    CHECK(rm_begin(rm, &e) == ERR_OK);
+    CHECK(rm_stats_add_valor(rm, SCOPE_CAMPANA, "c", "USD", 1, 1, &e) == ERR_IO);
+    CHECKF(strstr(e.msg, "corrupt money total") != NULL, "%s", e.msg);
+    rm_rollback(rm);
+    buf_fini(&out);
+    readmodel_close(rm);
 }
 
 struct fixture {
@@ -380,6 +426,7 @@ int main(void)
     test_stats_table();
     test_money_format();
     test_apply_and_replay(dir);
+    test_money_totals_in_db(dir);
     test_bulk_equals_live(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
