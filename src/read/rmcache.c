@@ -13,15 +13,17 @@
 #include "core/xmalloc.h"
 
 #define SHARDS 64
-#define BUCKETS 256     /* per shard */
+#define BUCKETS 2048    /* per shard: 131,072 chains, 1 MiB, for 65,536 answers */
 
+/* One allocation an answer: the key, then the JSON, after the header (a
+ * hit then reads one block, not three). */
 struct centry {
     uint64_t h;
     int ns;
-    char *key;
-    char *json;
     size_t len;
     struct centry *next;
+    char *json;             /* into data, after the key */
+    char data[];            /* key '\0' json '\0' */
 };
 
 struct shard {
@@ -54,9 +56,23 @@ struct rmcache *rmcache_new(size_t max_entries)
 
 static void drop(struct centry *x)
 {
-    free(x->key);
-    free(x->json);
     free(x);
+}
+
+static struct centry *centry_new(uint64_t h, int ns, const char *key, const char *json,
+                                 size_t len)
+{
+    size_t klen = strlen(key);
+    struct centry *x = xmalloc(sizeof(*x) + klen + 1 + len + 1);
+    x->h = h;
+    x->ns = ns;
+    x->len = len;
+    x->next = NULL;
+    memcpy(x->data, key, klen + 1);
+    x->json = x->data + klen + 1;
+    memcpy(x->json, json, len);
+    x->json[len] = '\0';
+    return x;
 }
 
 void rmcache_free(struct rmcache *c)
@@ -92,7 +108,7 @@ static struct centry **find(struct shard *s, uint64_t h, int ns, const char *key
 {
     struct centry **pp = &s->b[(h / SHARDS) % BUCKETS];
     while (*pp != NULL &&
-           !((*pp)->h == h && (*pp)->ns == ns && strcmp((*pp)->key, key) == 0)) {
+           !((*pp)->h == h && (*pp)->ns == ns && strcmp((*pp)->data, key) == 0)) {
         pp = &(*pp)->next;
     }
     return pp;
@@ -146,17 +162,15 @@ void rmcache_put(struct rmcache *c, int ns, const char *key, const char *json,
             }
             pp = find(s, h, ns, key);
         }
-        struct centry *x = xcalloc(1, sizeof(*x));
-        x->h = h;
-        x->ns = ns;
-        x->key = xstrdup(key);
-        *pp = x;
         s->count++;
+    } else {
+        struct centry *old = *pp;
+        *pp = old->next;
+        drop(old);
     }
-    struct centry *x = *pp;
-    free(x->json);
-    x->json = xstrndup(json, len);
-    x->len = len;
+    struct centry *x = centry_new(h, ns, key, json, len);
+    x->next = *pp;
+    *pp = x;
     pthread_mutex_unlock(&s->mu);
 }
 
