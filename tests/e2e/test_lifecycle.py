@@ -285,6 +285,10 @@ class RebuildTest(LifecycleCase):
         # rebuilding again (events appended after a rebuild) gives the same answers
         cp = rastro("rebuild", "--data", data)
         self.assertEqual(cp.returncode, 0, "second rebuild: %s" % cp.stderr[-3000:])
+        # the replaced read models' index files go with them, server or not
+        left = sorted(f for f in os.listdir(data) if f.startswith("rm-") and
+                      (f.endswith(".ids") or f.endswith(".lists")))
+        self.assertEqual(len(left), 2, "index files after a rebuild: %s" % left)
         srv3 = self.start_server(data)
         again = self.capture(srv3, paths2, head + 1)
         self.assert_same_answers(mid, again, "after a second rastro rebuild")
