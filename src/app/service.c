@@ -362,14 +362,11 @@ int service_rebuild(const struct config *cfg)
         fprintf(stderr, "rastro: rebuild failed swapping in %s: %s\n", rm_path, strerror(errno));
         goto out;
     }
-    /* the replaced read models' index files: opening the new ones as the
-     * writer removes other generations' (no server runs: the lock) */
-    struct readmodel *fresh = NULL;
-    if (readmodel_open(rm_path, RM_WRITER, NULL, &fresh, &e) != ERR_OK) {
-        fprintf(stderr, "rastro: rebuilt, but reopening %s failed: %s\n", rm_path, e.msg);
+    /* the replaced read models' index files (no server runs: the lock) */
+    if (rm_remove_stale_indexes(rm_path, &e) != ERR_OK) {
+        fprintf(stderr, "rastro: rebuilt, but removing old index files failed: %s\n", e.msg);
         goto out;
     }
-    readmodel_close(fresh);
     double secs = (double)(time_mono_us() - t0) / 1e6;
     printf("rebuilt read models from %lld events (%lld applied, %lld skipped, %lld invalid)"
            " in %.2f s: %.0f events/s\n",

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "bus/bus.h"
+#include "core/timeutil.h"
 #include "core/xmalloc.h"
 
 struct bus_local {
@@ -32,13 +33,7 @@ static int64_t l_wait(struct bus *b, int64_t after, int timeout_ms)
 {
     struct bus_local *l = (struct bus_local *)b;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    time_deadline(CLOCK_MONOTONIC, timeout_ms, &ts);
     pthread_mutex_lock(&l->mu);
     unsigned wakes = l->wakes;
     while (l->head <= after && l->wakes == wakes) {

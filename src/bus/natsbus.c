@@ -235,12 +235,7 @@ static void *setup_run(void *arg)
             pthread_mutex_lock(&nb->mu);
         }
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        time_deadline(CLOCK_REALTIME, 100, &ts);
         pthread_cond_timedwait(&nb->setup_cv, &nb->mu, &ts);
     }
     pthread_mutex_unlock(&nb->mu);

@@ -8,11 +8,16 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #define TS_STR_LEN 27   /* "2026-11-28T00:15:40.123456Z" without the NUL */
 
 int64_t time_now_us(void);          /* wall clock, UTC */
 int64_t time_mono_us(void);         /* monotonic, for durations */
+
+/* *out = clock's now + ms: the absolute deadline pthread_cond_timedwait
+ * takes (CLOCK_REALTIME for a default condition variable). */
+void time_deadline(clockid_t clock, int ms, struct timespec *out);
 
 /*
  * Parses an ISO-8601 date-time: "YYYY-MM-DD", optionally followed by 'T'

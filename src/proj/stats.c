@@ -84,9 +84,9 @@ void stats_acc_free(struct stats_acc *a)
 
 /* Keyed hash of a campaign or influencer name (names come from clients;
  * an unkeyed hash would let them collide on purpose). */
-static uint64_t name_hash(const struct stats_acc *a, const char *key)
+static uint64_t name_hash(const struct stats_acc *a, const char *key, size_t klen)
 {
-    return siphash24(&a->key, key, strlen(key));
+    return siphash24(&a->key, key, klen);
 }
 
 /* Entry hash from the name's hash, the scope and the currency (three
@@ -162,7 +162,7 @@ static void apply_scope(struct stats_acc *a, int scope, const char *key,
                         const struct tracking *t, int64_t recorded_at_us)
 {
     size_t klen = strlen(key);
-    uint64_t hk = siphash24(&a->key, key, klen);
+    uint64_t hk = name_hash(a, key, klen);
     struct entry *x = get(a, scope, key, klen, hk, "");
     if (t->kind == KIND_IMPRESION) {
         x->imp++;
@@ -240,7 +240,8 @@ bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *k
                    int64_t *imp, int64_t *conv, int64_t *last_us)
 {
     size_t klen = strlen(key);
-    struct entry *x = find(a, (int)scope, key, klen, "", entry_hash(name_hash(a, key), (int)scope, ""));
+    struct entry *x = find(a, (int)scope, key, klen, "",
+                           entry_hash(name_hash(a, key, klen), (int)scope, ""));
     if (x->h == 0) {
         return false;
     }
@@ -255,7 +256,7 @@ bool stats_acc_get_valor(const struct stats_acc *a, enum rm_scope scope, const c
 {
     size_t klen = strlen(key);
     struct entry *x = find(a, (int)scope, key, klen, moneda,
-                           entry_hash(name_hash(a, key), (int)scope, moneda));
+                           entry_hash(name_hash(a, key, klen), (int)scope, moneda));
     if (x->h == 0) {
         return false;
     }

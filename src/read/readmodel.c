@@ -276,6 +276,30 @@ static void remove_stale(const char *dir, const char *gen)
     closedir(d);
 }
 
+int rm_remove_stale_indexes(const char *path, struct err *e)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char gen[64] = "";
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k='generation'", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        snprintf(gen, sizeof(gen), "%s", (const char *)sqlite3_column_text(st, 0));
+    }
+    int rc = gen[0] != '\0' ? ERR_OK
+                            : err_set(e, ERR_IO, "reading the generation of %s: %s", path,
+                                      db != NULL ? sqlite3_errmsg(db) : "cannot open");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    if (rc == ERR_OK) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", path);
+        remove_stale(dirname(dir), gen);
+    }
+    return rc;
+}
+
 static void pend(struct pending *p, uint64_t h, int64_t pos)
 {
     if (p->n == p->cap) {

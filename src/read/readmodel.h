@@ -54,6 +54,9 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                    struct err *e) WARN_UNUSED;
 void readmodel_close(struct readmodel *rm);     /* NULL is a no-op */
 struct rm_index *readmodel_index(struct readmodel *writer);
+/* Removes index files of generations other than path's (after a rebuild
+ * swapped path in; only while no server uses the folder). */
+int rm_remove_stale_indexes(const char *path, struct err *e) WARN_UNUSED;
 /* Waits until the index files hold everything added (rebuild, tests). */
 void readmodel_index_quiesce(struct readmodel *writer);
 

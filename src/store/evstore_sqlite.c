@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/timeutil.h"
 #include "core/xmalloc.h"
 #include "store/evstore.h"
 #include "index/lsmidx.h"
@@ -82,12 +83,7 @@ static void *ckpt_run(void *arg)
     pthread_mutex_lock(&s->ckpt_mu);
     while (!s->ckpt_stop) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        time_deadline(CLOCK_REALTIME, 100, &ts);
         pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
         if (s->ckpt_stop) {
             break;

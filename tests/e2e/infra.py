@@ -10,7 +10,6 @@ send (poison commands).
 Python 3 standard library only.
 """
 
-import atexit
 import os
 import shutil
 import signal
@@ -19,21 +18,13 @@ import subprocess
 import tempfile
 import time
 
-from harness import HOST, free_port, rastro
+from harness import HOST, _live_servers, free_port, rastro
 
 NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 PG_DIR = os.environ.get("RASTRO_TEST_PG_DIR", "")
 
-_live = set()
-
-
-@atexit.register
-def _stop_leftovers():
-    for srv in list(_live):
-        try:
-            srv.kill()
-        except Exception:
-            pass
+# what this process started is killed at exit with the servers (harness.py)
+_live = _live_servers
 
 
 def wait_port(port, timeout=15.0):
