@@ -89,6 +89,8 @@ static int lock_data(const char *dir, const char *what)
     return fd;
 }
 
+static int upgrade_read_models(const struct config *cfg, const char *rm_path);
+
 /* The periodic self-check (defined at the end). */
 struct selfcheck;
 static struct selfcheck *selfcheck_start(const struct config *cfg);
@@ -204,6 +206,9 @@ int service_serve(const struct config *cfg)
     if (embedded || (roles & ROLE_QUERY)) {
         cache = rmcache_new(STATS_CACHE_ENTRIES);
     }
+    if (embedded && upgrade_read_models(cfg, rm_path) != ERR_OK) {
+        goto out;
+    }
     if (embedded) {
         bus = bus_local_new(head);
         committer_set_listener(committer, on_commit, bus);
@@ -313,21 +318,13 @@ static int fsync_path(const char *path, int flags)
     return rc;
 }
 
-int service_rebuild(const struct config *cfg)
+/* Rebuilds the read models into a new file and swaps it in; the caller
+ * holds the data folder's lock. 0 on success; *ps and *secs say how it went. */
+static int rebuild_locked(const struct config *cfg, struct projector_stats *ps, double *secs)
 {
-    char events[4096], rm_path[4096], tmp[4096];
-    if (path_in(cfg->data, "events.db", events, sizeof(events)) != 0 ||
-        path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path)) != 0 ||
+    char rm_path[4096], tmp[4096];
+    if (path_in(cfg->data, "readmodels.db", rm_path, sizeof(rm_path)) != 0 ||
         path_in(cfg->data, "readmodels.db.rebuild", tmp, sizeof(tmp)) != 0) {
-        return 1;
-    }
-    struct stat st;
-    if ((cfg->store == NULL || strcmp(cfg->store, "sqlite") == 0) && stat(events, &st) != 0) {
-        fprintf(stderr, "rastro: no event store in %s (nothing to rebuild from)\n", cfg->data);
-        return 1;
-    }
-    int lock = lock_data(cfg->data, "rebuild");
-    if (lock < 0) {
         return 1;
     }
     int status = 1;
@@ -341,8 +338,7 @@ int service_rebuild(const struct config *cfg)
         fprintf(stderr, "rastro: rebuild failed: %s\n", e.msg);
         goto out;
     }
-    struct projector_stats ps;
-    projector_get_stats(p, &ps);
+    projector_get_stats(p, ps);
     projector_free(p);
     p = NULL;
 
@@ -367,19 +363,69 @@ int service_rebuild(const struct config *cfg)
         fprintf(stderr, "rastro: rebuilt, but removing old index files failed: %s\n", e.msg);
         goto out;
     }
-    double secs = (double)(time_mono_us() - t0) / 1e6;
-    printf("rebuilt read models from %lld events (%lld applied, %lld skipped, %lld invalid)"
-           " in %.2f s: %.0f events/s\n",
-           (long long)ps.position, (long long)ps.applied, (long long)ps.skipped,
-           (long long)ps.invalid, secs, secs > 0 ? (double)ps.position / secs : 0.0);
+    *secs = (double)(time_mono_us() - t0) / 1e6;
     status = 0;
 out:
     projector_free(p);
     if (status != 0) {
         remove_db(tmp);
     }
-    close(lock);
     return status;
+}
+
+int service_rebuild(const struct config *cfg)
+{
+    char events[4096];
+    if (path_in(cfg->data, "events.db", events, sizeof(events)) != 0) {
+        return 1;
+    }
+    struct stat st;
+    if ((cfg->store == NULL || strcmp(cfg->store, "sqlite") == 0) && stat(events, &st) != 0) {
+        fprintf(stderr, "rastro: no event store in %s (nothing to rebuild from)\n", cfg->data);
+        return 1;
+    }
+    int lock = lock_data(cfg->data, "rebuild");
+    if (lock < 0) {
+        return 1;
+    }
+    struct projector_stats ps = { 0 };
+    double secs = 0;
+    int status = rebuild_locked(cfg, &ps, &secs);
+    close(lock);
+    if (status == 0) {
+        printf("rebuilt read models from %lld events (%lld applied, %lld skipped, %lld invalid)"
+               " in %.2f s: %.0f events/s\n",
+               (long long)ps.position, (long long)ps.applied, (long long)ps.skipped,
+               (long long)ps.invalid, secs, secs > 0 ? (double)ps.position / secs : 0.0);
+    }
+    return status;
+}
+
+/* Read models written by an older rastro are derived data: serve rebuilds
+ * them from the log before it starts (one line in the log says so), rather
+ * than refuse to start until someone runs `rastro rebuild`. Newer ones are
+ * left alone: the open that follows refuses them, naming both versions. */
+static int upgrade_read_models(const struct config *cfg, const char *rm_path)
+{
+    int ver = 0;
+    struct err e;
+    err_clear(&e);
+    if (rm_schema_version(rm_path, &ver, &e) != ERR_OK) {
+        log_error("cannot read the read models' schema version", "err=\"%s\"", e.msg);
+        return ERR_IO;
+    }
+    if (ver == 0 || ver >= RM_SCHEMA_VERSION) {
+        return ERR_OK;
+    }
+    log_warn("read models are from an older rastro; rebuilding them from the event log",
+             "schema_version=%d this_build=%d", ver, RM_SCHEMA_VERSION);
+    struct projector_stats ps = { 0 };
+    double secs = 0;
+    if (rebuild_locked(cfg, &ps, &secs) != 0) {
+        return ERR_IO;
+    }
+    log_info("read models rebuilt", "events=%lld seconds=%.2f", (long long)ps.position, secs);
+    return ERR_OK;
 }
 
 struct events_out {

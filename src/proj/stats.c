@@ -11,6 +11,7 @@
 
 #include "core/hash.h"
 #include "core/xmalloc.h"
+#include "read/money.h"
 
 /* Keys up to KEY_INLINE bytes live in the entry itself: a lookup then
  * touches one entry and nothing else (the rebuild holds every campaign and
@@ -198,10 +199,8 @@ void stats_acc_each_key(const struct stats_acc *a,
 }
 
 /* Key order, as the tables' primary keys sort (BINARY: bytes). */
-static int cmp_entry(const void *pa, const void *pb)
+static int cmp_entry(const struct entry *a, const struct entry *b)
 {
-    const struct entry *a = *(const struct entry *const *)pa;
-    const struct entry *b = *(const struct entry *const *)pb;
     if (a->scope != b->scope) {
         return a->scope < b->scope ? -1 : 1;
     }
@@ -209,28 +208,91 @@ static int cmp_entry(const void *pa, const void *pb)
     return c != 0 ? c : strcmp(a->moneda, b->moneda);
 }
 
+/* The flush sorts (prefix, entry) pairs: the scope and the key's first 15
+ * bytes as two big-endian integers decide almost every comparison without
+ * touching the entries (comparing them through pointers, strcmp and all,
+ * was an eighth of the projector's time). */
+struct sort_item {
+    uint64_t p0, p1;
+    struct entry *x;
+};
+
+static void sort_prefix(struct sort_item *it)
+{
+    unsigned char b[16] = { 0 };
+    const char *k = entry_key(it->x);
+    size_t n = it->x->klen < 15 ? it->x->klen : 15;
+    b[0] = (unsigned char)it->x->scope;
+    memcpy(b + 1, k, n);
+    uint64_t w0, w1;
+    memcpy(&w0, b, 8);
+    memcpy(&w1, b + 8, 8);
+    it->p0 = __builtin_bswap64(w0);
+    it->p1 = __builtin_bswap64(w1);
+}
+
+static int cmp_item(const void *pa, const void *pb)
+{
+    const struct sort_item *a = pa, *b = pb;
+    if (a->p0 != b->p0) {
+        return a->p0 < b->p0 ? -1 : 1;
+    }
+    if (a->p1 != b->p1) {
+        return a->p1 < b->p1 ? -1 : 1;
+    }
+    return cmp_entry(a->x, b->x);
+}
+
+/* Same scope and key (the items are sorted, so the prefixes decide first). */
+static bool same_key(const struct sort_item *a, const struct sort_item *b)
+{
+    return a->p0 == b->p0 && a->p1 == b->p1 && a->x->klen == b->x->klen &&
+           (a->x->klen < 15 || strcmp(entry_key(a->x), entry_key(b->x)) == 0);
+}
+
 int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)
 {
     /* in key order: each B-tree page is visited once per flush, while it
      * is in the cache, instead of at random */
-    struct entry **v = xmalloc((a->count + 1) * sizeof(*v));
+    struct sort_item *v = xmalloc((a->count + 1) * sizeof(*v));
     size_t n = 0;
     for (size_t i = 0; i <= a->mask; i++) {
         if (a->e[i].h != 0) {
-            v[n++] = &a->e[i];
+            v[n].x = &a->e[i];
+            sort_prefix(&v[n++]);
         }
     }
-    qsort(v, n, sizeof(*v), cmp_entry);
+    qsort(v, n, sizeof(*v), cmp_item);
+    /* one row a (scope, key): its counters (currency "", first in the
+     * order) and the list of its currencies' deltas */
+    struct buf valores;
+    buf_init(&valores, 0);
     int rc = ERR_OK;
-    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
-        struct entry *x = v[i];
-        if (x->moneda[0] == '\0') {
-            rc = rm_stats_add(rm, (enum rm_scope)x->scope, entry_key(x), x->imp, x->conv, x->last, e);
+    for (size_t i = 0; i < n && rc == ERR_OK;) {
+        const struct sort_item *first = &v[i];
+        const struct entry *k = first->x;
+        int64_t imp = 0, conv = 0, last = 0;
+        buf_reset(&valores);
+        for (; i < n && same_key(first, &v[i]); i++) {
+            const struct entry *x = v[i].x;
+            if (x->moneda[0] == '\0') {
+                imp = x->imp;
+                conv = x->conv;
+                last = x->last;
+            } else if (rc == ERR_OK) {
+                struct money_total t = { .ticks = x->valor, .conv = x->conv };
+                memcpy(t.moneda, x->moneda, 4);
+                rc = money_totals_put(&valores, &t);
+            }
+        }
+        if (rc == ERR_OK) {
+            rc = rm_stats_add(rm, (enum rm_scope)k->scope, entry_key(k), imp, conv, last,
+                              valores.len > 0 ? valores.p : "", valores.len, e);
         } else {
-            rc = rm_stats_add_valor(rm, (enum rm_scope)x->scope, entry_key(x), x->moneda, x->valor,
-                                    x->conv, e);
+            err_set(e, rc, "statistics: out of memory");
         }
     }
+    buf_fini(&valores);
     free(v);
     stats_acc_clear(a);
     return rc;

@@ -17,18 +17,18 @@
 #include "core/uuid.h"
 #include "index/lsmidx.h"
 #include "index/sqlerr.h"
+#include "read/money.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
 
-#define SCHEMA_VERSION 3
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
 
 enum stmt_id {
     S_CKPT_GET, S_CKPT_SET,
     S_INS_IMP, S_INS_CONV,
-    S_STATS_ADD, S_VALOR_ADD, S_SKIP,
+    S_STATS_ADD, S_SKIP,
     S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
-    S_STATS_GET, S_VALOR_LIST, S_POSITION,
+    S_STATS_GET, S_POSITION,
     S__COUNT
 };
 
@@ -42,16 +42,14 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_INS_CONV] = "INSERT INTO conversiones(position, id, campana_id, influencer_id, usuario_id,"
                    " tipo_evento, user_agent, ip_address, referrer, timestamp, recorded_at,"
                    " tipo_conversion, valor, moneda) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    [S_STATS_ADD] = "INSERT INTO stats(scope, key, impresiones, conversiones, ultima)"
-                    " VALUES(?1,?2,?3,?4,?5) ON CONFLICT(scope, key) DO UPDATE SET"
+    /* one seek and an update in place: counters and the per-currency
+     * totals of a key share a row (rastro_merge_valores: writer only) */
+    [S_STATS_ADD] = "INSERT INTO stats(scope, key, impresiones, conversiones, ultima, valores)"
+                    " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(scope, key) DO UPDATE SET"
                     " impresiones=impresiones+excluded.impresiones,"
                     " conversiones=conversiones+excluded.conversiones,"
-                    " ultima=max(ultima, excluded.ultima)",
-    /* one seek and an update in place (rastro_add_ticks: writer only) */
-    [S_VALOR_ADD] = "INSERT INTO stats_valor(scope, key, moneda, valor, conversiones)"
-                    " VALUES(?1,?2,?3,?4,?5) ON CONFLICT(scope, key, moneda) DO UPDATE SET"
-                    " valor=rastro_add_ticks(valor, excluded.valor),"
-                    " conversiones=conversiones+excluded.conversiones",
+                    " ultima=max(ultima, excluded.ultima),"
+                    " valores=rastro_merge_valores(valores, excluded.valores)",
     [S_SKIP] = "INSERT INTO skipped(type, count) VALUES(?1,?2)"
                " ON CONFLICT(type) DO UPDATE SET count=count+excluded.count",
     [S_ROW_IMP] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
@@ -70,8 +68,8 @@ static const char *const stmt_sql[S__COUNT] = {
                     " WHERE position > ?1 UNION ALL"
                     " SELECT position, 1, id, campana_id, influencer_id FROM conversiones"
                     " WHERE position > ?1 ORDER BY 1",
-    [S_STATS_GET] = "SELECT impresiones, conversiones, ultima FROM stats WHERE scope=? AND key=?",
-    [S_VALOR_LIST] = "SELECT moneda, valor FROM stats_valor WHERE scope=? AND key=? ORDER BY moneda",
+    [S_STATS_GET] = "SELECT impresiones, conversiones, ultima, valores FROM stats"
+                    " WHERE scope=? AND key=?",
     [S_POSITION] = "SELECT coalesce(min(position), 0) FROM checkpoints",
 };
 
@@ -89,11 +87,9 @@ static const char *tables_sql =
     " tipo_conversion TEXT NOT NULL, valor INTEGER NOT NULL, moneda TEXT NOT NULL);"
     "CREATE TABLE IF NOT EXISTS stats(scope INTEGER NOT NULL, key TEXT NOT NULL,"
     " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL, ultima INTEGER NOT NULL,"
+    /* valores: per-currency totals, "COP=12345000/3,USD=5000/1" (money.h) */
+    " valores TEXT NOT NULL DEFAULT '',"
     " PRIMARY KEY(scope, key)) WITHOUT ROWID;"
-    /* valor: exact ten-thousandths as decimal text, summed in 128 bits */
-    "CREATE TABLE IF NOT EXISTS stats_valor(scope INTEGER NOT NULL, key TEXT NOT NULL,"
-    " moneda TEXT NOT NULL, valor TEXT NOT NULL, conversiones INTEGER NOT NULL,"
-    " PRIMARY KEY(scope, key, moneda)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);"
     /* rows per read model, kept with each batch (a count(*) would scan) */
     "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);";
@@ -435,23 +431,33 @@ static int open_readers(struct readmodel *rm, struct err *e)
     return rc;
 }
 
-/* rastro_add_ticks(a, b): the sum of two money totals kept as decimal
- * ten-thousandths, in 128 bits (SQLite's integers are 64). A total that is
- * not such a number fails the statement, and with it the batch. */
-static void sql_add_ticks(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+/* rastro_merge_valores(a, b): two per-currency lists summed (money.h). A
+ * list that does not parse, or a sum past 128 bits, fails the statement and
+ * with it the batch: a total is never guessed. */
+static void sql_merge_valores(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     (void)argc;
     const char *a = (const char *)sqlite3_value_text(argv[0]);
     const char *b = (const char *)sqlite3_value_text(argv[1]);
-    __int128 x = 0, y = 0;
-    if (a == NULL || b == NULL || money_parse_ticks(a, &x) != ERR_OK ||
-        money_parse_ticks(b, &y) != ERR_OK) {
+    if (a == NULL || b == NULL) {
         sqlite3_result_error(ctx, "corrupt money total", -1);
         return;
     }
-    char txt[48];
-    money_ticks_text(x + y, txt, sizeof(txt));
-    sqlite3_result_text(ctx, txt, -1, SQLITE_TRANSIENT);
+    size_t na = (size_t)sqlite3_value_bytes(argv[0]), nb = (size_t)sqlite3_value_bytes(argv[1]);
+    if (nb == 0) {
+        sqlite3_result_value(ctx, argv[0]);     /* impressions only: nothing to add */
+        return;
+    }
+    struct buf out;
+    buf_init(&out, 0);
+    int rc = money_totals_merge(a, na, b, nb, &out);
+    if (rc == ERR_OK) {
+        sqlite3_result_text(ctx, out.p != NULL ? out.p : "", (int)out.len, SQLITE_TRANSIENT);
+    } else {
+        sqlite3_result_error(ctx, rc == ERR_TOOBIG ? "money total overflow" : "corrupt money total",
+                             -1);
+    }
+    buf_fini(&out);
 }
 
 int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
@@ -483,10 +489,10 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                                         " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192",
                   e);
         if (rc == ERR_OK &&
-            sqlite3_create_function(rm->db, "rastro_add_ticks", 2,
+            sqlite3_create_function(rm->db, "rastro_merge_valores", 2,
                                     SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, NULL,
-                                    sql_add_ticks, NULL, NULL) != SQLITE_OK) {
-            rc = db_err(rm, e, "registering rastro_add_ticks");
+                                    sql_merge_valores, NULL, NULL) != SQLITE_OK) {
+            rc = db_err(rm, e, "registering rastro_merge_valores");
         }
         if (rc != ERR_OK) {
             goto fail;
@@ -501,12 +507,17 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                 rc = exec(rm, tables_sql, e);
             }
             if (rc == ERR_OK) {
-                rc = exec(rm, "PRAGMA user_version=3; COMMIT", e);
+                char sql[64];
+                snprintf(sql, sizeof(sql), "PRAGMA user_version=%d; COMMIT", RM_SCHEMA_VERSION);
+                rc = exec(rm, sql, e);
             }
-        } else if (ver != SCHEMA_VERSION) {
+        } else if (ver != RM_SCHEMA_VERSION) {
             rc = err_set(e, ERR_STATE,
-                         "read models %s have schema version %d; this build knows %d"
-                         " (run `rastro rebuild`)", path, ver, SCHEMA_VERSION);
+                         "read models %s have schema version %d; this build knows %d (%s)",
+                         path, ver, RM_SCHEMA_VERSION,
+                         ver > RM_SCHEMA_VERSION ? "written by a newer rastro: run that one,"
+                                                   " or `rastro rebuild` with this one"
+                                                 : "run `rastro rebuild`");
         }
         if (rc == ERR_OK) {
             rc = open_index(rm, e);
@@ -529,6 +540,27 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
     return ERR_OK;
 fail:
     readmodel_close(rm);
+    return rc;
+}
+
+int rm_schema_version(const char *path, int *version, struct err *e)
+{
+    *version = 0;
+    if (access(path, F_OK) != 0) {
+        return ERR_OK;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = ERR_OK;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        rc = err_set(e, ERR_IO, "reading %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+    } else {
+        *version = sqlite3_column_int(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
     return rc;
 }
 
@@ -667,7 +699,8 @@ int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t p
 }
 
 int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int64_t d_imp,
-                 int64_t d_conv, int64_t last_us, struct err *e)
+                 int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
+                 struct err *e)
 {
     sqlite3_stmt *st = stmt(rm, S_STATS_ADD, e);
     if (st == NULL) {
@@ -678,87 +711,8 @@ int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int
     sqlite3_bind_int64(st, 3, d_imp);
     sqlite3_bind_int64(st, 4, d_conv);
     sqlite3_bind_int64(st, 5, last_us);
+    sqlite3_bind_text(st, 6, valores != NULL ? valores : "", (int)valores_len, SQLITE_STATIC);
     return step_done(rm, st, e, "updating statistics");
-}
-
-void money_ticks_text(__int128 v, char *out, size_t max)
-{
-    char tmp[48];
-    size_t n = 0;
-    bool neg = v < 0;
-    unsigned __int128 m = neg ? (unsigned __int128)0 - (unsigned __int128)v : (unsigned __int128)v;
-    do {
-        tmp[n++] = (char)('0' + (int)(m % 10));
-        m /= 10;
-    } while (m != 0);
-    size_t j = 0;
-    if (neg && j + 1 < max) {
-        out[j++] = '-';
-    }
-    while (n > 0 && j + 1 < max) {
-        out[j++] = tmp[--n];
-    }
-    out[j] = '\0';
-}
-
-int money_parse_ticks(const char *s, __int128 *out)
-{
-    __int128 v = 0;
-    bool neg = *s == '-';
-    if (neg) {
-        s++;
-    }
-    if (*s == '\0' || strlen(s) > 38) {   /* 38 digits fit 127 bits */
-        return ERR_INVALID;
-    }
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9') {
-            return ERR_INVALID;
-        }
-        v = v * 10 + (*s - '0');
-    }
-    *out = neg ? -v : v;
-    return ERR_OK;
-}
-
-void money_format(__int128 ticks, char *out, size_t max)
-{
-    char digits[48];
-    bool neg = ticks < 0;
-    money_ticks_text(neg ? -ticks : ticks, digits, sizeof(digits));
-    size_t n = strlen(digits);
-    char whole[48], frac[8];
-    if (n > 4) {
-        memcpy(whole, digits, n - 4);
-        whole[n - 4] = '\0';
-        memcpy(frac, digits + n - 4, 5);
-    } else {
-        strcpy(whole, "0");
-        memset(frac, '0', 4 - n);
-        memcpy(frac + 4 - n, digits, n + 1);
-    }
-    size_t fl = strlen(frac);
-    while (fl > 0 && frac[fl - 1] == '0') {
-        frac[--fl] = '\0';
-    }
-    snprintf(out, max, "%s%s%s%s", neg ? "-" : "", whole, fl ? "." : "", frac);
-}
-
-int rm_stats_add_valor(struct readmodel *rm, enum rm_scope scope, const char *key,
-                       const char *moneda, __int128 ticks, int64_t d_conv, struct err *e)
-{
-    sqlite3_stmt *st = stmt(rm, S_VALOR_ADD, e);
-    if (st == NULL) {
-        return ERR_IO;
-    }
-    char txt[48];
-    money_ticks_text(ticks, txt, sizeof(txt));
-    sqlite3_bind_int(st, 1, (int)scope);
-    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, moneda, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, txt, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, d_conv);
-    return step_done(rm, st, e, "writing money total");
 }
 
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e)
@@ -879,9 +833,11 @@ int rm_query_by_id(struct readmodel *rm, enum tracking_kind kind, const char *id
     return rc;
 }
 
-/* Counters of one campaign or influencer; zeros when unknown. */
+/* Counters of one campaign or influencer; zeros when unknown. valores,
+ * when not NULL, gets the per-currency list. */
 static int stats_counts(struct readmodel *rm, enum rm_scope scope, const char *key,
-                        int64_t *imp, int64_t *conv, int64_t *last, struct err *e)
+                        int64_t *imp, int64_t *conv, int64_t *last, struct buf *valores,
+                        struct err *e)
 {
     sqlite3_stmt *st = stmt(rm, S_STATS_GET, e);
     if (st == NULL) {
@@ -896,6 +852,11 @@ static int stats_counts(struct readmodel *rm, enum rm_scope scope, const char *k
         *imp = sqlite3_column_int64(st, 0);
         *conv = sqlite3_column_int64(st, 1);
         *last = sqlite3_column_int64(st, 2);
+        if (valores != NULL &&
+            buf_append(valores, sqlite3_column_text(st, 3),
+                       (size_t)sqlite3_column_bytes(st, 3)) != ERR_OK) {
+            rc = err_set(e, ERR_NOMEM, "statistics too large");
+        }
     } else if (r != SQLITE_DONE) {
         rc = db_err(rm, e, "reading statistics");
     }
@@ -929,7 +890,7 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
         return rc;
     }
     int64_t imp, nconv, last;
-    rc = stats_counts(rm, scope, key, &imp, &nconv, &last, e);
+    rc = stats_counts(rm, scope, key, &imp, &nconv, &last, NULL, e);
     if (rc != ERR_OK) {
         return rc;
     }
@@ -981,14 +942,9 @@ int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
                    struct buf *out, struct err *e)
 {
     int64_t imp, conv, last;
-    int rc = stats_counts(rm, scope, key, &imp, &conv, &last, e);
-    if (rc != ERR_OK) {
-        return rc;
-    }
-    sqlite3_stmt *st = stmt(rm, S_VALOR_LIST, e);
-    if (st == NULL) {
-        return ERR_IO;
-    }
+    struct buf valores;
+    buf_init(&valores, 0);
+    int rc = stats_counts(rm, scope, key, &imp, &conv, &last, &valores, e);
     /* per-currency totals first, into a side buffer */
     struct buf per;
     buf_init(&per, 0);
@@ -997,26 +953,20 @@ int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
     jsonw_obj_open(&pw);
     int ncur = 0;
     char single[64] = "0";
-    sqlite3_bind_int(st, 1, (int)scope);
-    sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        __int128 ticks = 0;
-        const char *txt = (const char *)sqlite3_column_text(st, 1);
-        if (txt == NULL || money_parse_ticks(txt, &ticks) != ERR_OK) {
-            rc = err_set(e, ERR_IO, "corrupt money total for %s", key);
-            break;
-        }
-        money_format(ticks, single, sizeof(single));
-        jsonw_key(&pw, (const char *)sqlite3_column_text(st, 0));
+    const char *p = valores.len > 0 ? valores.p : "";
+    const char *end = p + valores.len;
+    struct money_total t;
+    int r = 0;
+    while (rc == ERR_OK && (r = money_totals_next(&p, end, &t)) == 1) {
+        money_format(t.ticks, single, sizeof(single));
+        jsonw_key(&pw, t.moneda);
         jsonw_raw(&pw, single);
         ncur++;
     }
-    if (rc == ERR_OK && r != SQLITE_DONE) {
-        rc = db_err(rm, e, "reading money totals");
+    if (rc == ERR_OK && r < 0) {
+        rc = err_set(e, ERR_IO, "corrupt money total for %s", key);
     }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    buf_fini(&valores);
     jsonw_obj_close(&pw);
     if (rc == ERR_OK) {
         struct jsonw w;

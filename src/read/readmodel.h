@@ -5,8 +5,8 @@
  *
  *   impresiones, conversiones   one row per event, keyed by position
  *                               (appends only touch the right edge)
- *   stats, stats_valor          per campaign and per influencer counters and
- *                               exact per-currency money totals
+ *   stats                       per campaign and per influencer: counters and
+ *                               exact per-currency money totals in one row
  *   checkpoints                 last applied position, per projection
  *   skipped                     events a projection did not know, by type
  *
@@ -40,6 +40,10 @@
 
 enum rm_scope { SCOPE_CAMPANA = 0, SCOPE_INFLUENCER = 1 };
 
+/* The tables' layout (PRAGMA user_version). 4: a key's per-currency totals
+ * moved from their own table (stats_valor) into its stats row. */
+#define RM_SCHEMA_VERSION 4
+
 /* RM_BULK: a fresh file for `rastro rebuild`: no journal and no fsync
  * until rm_bulk_finish(). */
 enum { RM_WRITER = 1, RM_READER = 2, RM_BULK = 3 };
@@ -53,6 +57,8 @@ struct rm_index;        /* the lsmidx pair, shared by the writer and readers */
 int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
                    struct err *e) WARN_UNUSED;
 void readmodel_close(struct readmodel *rm);     /* NULL is a no-op */
+/* The schema version of the read models at path; 0 when there are none. */
+int rm_schema_version(const char *path, int *version, struct err *e) WARN_UNUSED;
 struct rm_index *readmodel_index(struct readmodel *writer);
 /* Removes index files of generations other than path's (after a rebuild
  * swapped path in; only while no server uses the folder). */
@@ -72,13 +78,12 @@ int rm_set_checkpoint(struct readmodel *rm, const char *projection, int64_t pos,
 int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t position,
                        int64_t recorded_at_us, struct err *e) WARN_UNUSED;
 
-/* Adds to a campaign's or influencer's counters; last_us only moves forward. */
+/* Adds to a campaign's or influencer's counters (last_us only moves
+ * forward) and its per-currency totals: valores is a list of deltas in
+ * money.h's form, sorted by currency ("" for none), summed exactly. */
 int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int64_t d_imp,
-                 int64_t d_conv, int64_t last_us, struct err *e) WARN_UNUSED;
-/* Adds ticks (ten-thousandths) to a per-currency total, exactly (128-bit). */
-int rm_stats_add_valor(struct readmodel *rm, enum rm_scope scope, const char *key,
-                       const char *moneda, __int128 ticks, int64_t d_conv,
-                       struct err *e) WARN_UNUSED;
+                 int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
+                 struct err *e) WARN_UNUSED;
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e) WARN_UNUSED;
 
 /* ---- readers (query API); each writes a JSON document into out ---- */
@@ -114,10 +119,5 @@ int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e) WARN_UN
 int rm_verify(const char *live_path,
               int (*build)(int64_t upto, char *fresh_path, size_t max, void *arg, struct err *e),
               void *arg, FILE *out, int64_t *diffs, struct err *e) WARN_UNUSED;
-
-/* Exact 128-bit money text helpers (ten-thousandths). */
-void money_format(__int128 ticks, char *out, size_t max);      /* "12.5" */
-int money_parse_ticks(const char *s, __int128 *out);           /* "125000" -> 125000 */
-void money_ticks_text(__int128 ticks, char *out, size_t max);  /* 125000 -> "125000" */
 
 #endif

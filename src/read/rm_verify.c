@@ -28,7 +28,6 @@ static const struct table tables[] = {
     { "impresiones", "position", 1 },
     { "conversiones", "position", 1 },
     { "stats", "scope, key", 2 },
-    { "stats_valor", "scope, key, moneda", 3 },
     { "skipped", "type", 1 },
     { "counts", "name", 1 },
 };

@@ -8,6 +8,7 @@ import http.client
 import os
 import random
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (CAMPANAS, EVENT_KEYS, K_CAMPANA, KIND_QUERY,  # noqa: E402
                      KIND_STREAM, KIND_TYPE, UUID_RE, Server, ServerTestCase, enc, events,
-                     json_decimal, rastro, with_params)
+                     free_port, json_decimal, rastro, with_params)
 
 Q = "/tracking/queries"
 
@@ -293,6 +294,66 @@ class RebuildTest(LifecycleCase):
         again = self.capture(srv3, paths2, head + 1)
         self.assert_same_answers(mid, again, "after a second rastro rebuild")
         self.assertEqual(srv3.stop(), 0)
+
+
+class SchemaUpgradeTest(LifecycleCase):
+    """Read models written by an older rastro are rebuilt from the log when
+    the server starts; ones from a newer rastro are refused, by name."""
+
+    def _set_version(self, data, version, also_sql=""):
+        db = sqlite3.connect(os.path.join(data, "readmodels.db"))
+        try:
+            if also_sql:
+                db.execute(also_sql)
+            db.execute("PRAGMA user_version=%d" % version)
+            db.commit()
+        finally:
+            db.close()
+
+    def _version(self, data):
+        db = sqlite3.connect(os.path.join(data, "readmodels.db"))
+        try:
+            return db.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            db.close()
+
+    def test_older_read_models_rebuilt_on_start(self):
+        data = self.new_data_dir()
+        srv = self.start_server(data)
+        head = 0
+        for n in range(12):
+            body = {K_CAMPANA: "up-c%d" % (n % 3), "influencer_id": "up-i"}
+            if n % 2:
+                body.update({"valor": "1.25", "moneda": "USD" if n % 3 else "EUR"})
+            head = self.post_ok(srv, "conv" if n % 2 else "imp", body)["position"]
+        paths = ["%s/%s/up-c%d/estadisticas" % (Q, CAMPANAS, c) for c in range(3)]
+        paths.append(Q + "/influencers/up-i/estadisticas")
+        before = self.capture(srv, paths, head)
+        self.assertEqual(before[paths[-1]]["total_conversiones"], 6)
+        self.assertEqual(srv.stop(), 0)
+        current = self._version(data)
+        # an "older" file whose statistics are wrong: only the log can mend them
+        self._set_version(data, current - 1, "UPDATE stats SET impresiones = impresiones + 100")
+
+        srv2 = self.start_server(data)
+        self.assertIn("rebuilding them from the event log", srv2.read_log())
+        after = self.capture(srv2, paths, head)
+        self.assert_same_answers(before, after, "after the upgrade rebuild")
+        self.assertEqual(self.post_ok(srv2, "imp", {K_CAMPANA: "up-c0"})["position"], head + 1)
+        self.assertEqual(srv2.stop(), 0)
+        self.assertEqual(self._version(data), current)
+
+    def test_newer_read_models_refused(self):
+        data = self.new_data_dir()
+        srv = self.start_server(data)
+        self.post_ok(srv, "imp", {K_CAMPANA: "nw-c"})
+        self.assertEqual(srv.stop(), 0)
+        current = self._version(data)
+        self._set_version(data, current + 1)
+        cp = rastro("serve", "--listen", "127.0.0.1:%d" % free_port(), "--data", data)
+        self.assertNotEqual(cp.returncode, 0, "serve must refuse read models it cannot know")
+        self.assertIn("written by a newer rastro", cp.stdout + cp.stderr)
+        self.assertEqual(self._version(data), current + 1, "and leave them as they are")
 
 
 class RebuildWhileRunningTest(ServerTestCase):

@@ -13,6 +13,7 @@
 #include "proj/projections.h"
 #include "proj/projector.h"
 #include "proj/stats.h"
+#include "read/money.h"
 #include "read/readmodel.h"
 
 static struct tracking mk(enum tracking_kind kind, const char *id, const char *camp,
@@ -110,8 +111,57 @@ static void test_money_format(void)
     CHECK(money_parse_ticks("123456789012345678901234567890123456789", &x) != ERR_OK);
 }
 
-/* Money totals are summed in the read model by rastro_add_ticks, in 128
- * bits, across batches; a total that is not a number fails the batch. */
+/* The per-currency list of a statistics row: merged currency by currency,
+ * strictly parsed (anything else is corrupt, never guessed at). */
+static void test_money_totals_merge(void)
+{
+    static const char big[] = "USD=99999999999999999999999999999999999999/1";   /* 38 nines */
+    static const struct {
+        const char *a, *b;
+        int rc;
+        const char *want;
+    } cases[] = {
+        { "", "", ERR_OK, "" },
+        { "", "USD=5/1", ERR_OK, "USD=5/1" },
+        { "USD=5/1", "", ERR_OK, "USD=5/1" },
+        { "USD=5/1", "USD=-7/2", ERR_OK, "USD=-2/3" },
+        { "COP=1/1,USD=2/1", "EUR=3/1", ERR_OK, "COP=1/1,EUR=3/1,USD=2/1" },
+        { "EUR=3/1", "COP=1/1,USD=2/1", ERR_OK, "COP=1/1,EUR=3/1,USD=2/1" },
+        { "COP=1/1,MXN=4/4", "COP=9/1,USD=2/1", ERR_OK, "COP=10/2,MXN=4/4,USD=2/1" },
+        { "USD=9223372036854775807/1", "USD=9223372036854775807/1", ERR_OK,
+          "USD=18446744073709551614/2" },                                   /* past 2^63 */
+        { big, big, ERR_TOOBIG, NULL },                                     /* past 2^127 */
+        { "USD=1/999999999999999999", "USD=1/999999999999999999", ERR_OK,
+          "USD=2/1999999999999999998" },
+        { "usd=1/1", "", ERR_INVALID, NULL },
+        { "usd=1/1", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=1", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=1/1,", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=/1", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=1/", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=1.5/1", "USD=1/1", ERR_INVALID, NULL },
+        { "USD=1/1,COP=1/1", "EUR=1/1", ERR_INVALID, NULL },               /* unsorted */
+        { "USD=1/1,USD=1/1", "EUR=1/1", ERR_INVALID, NULL },               /* repeated */
+        { "EUR=1/1", "USD=1/1;COP=2/2", ERR_INVALID, NULL },
+        { "USD=1/1234567890123456789", "USD=1/1", ERR_INVALID, NULL },     /* 19-digit count */
+        { "USD=123456789012345678901234567890123456789/1", "USD=1/1", ERR_INVALID, NULL },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct buf out;
+        buf_init(&out, 0);
+        int rc = money_totals_merge(cases[i].a, strlen(cases[i].a), cases[i].b,
+                                    strlen(cases[i].b), &out);
+        CHECKF(rc == cases[i].rc, "case %zu: rc %d, want %d", i, rc, cases[i].rc);
+        if (cases[i].want != NULL && rc == ERR_OK) {
+            CHECKF(strcmp(out.len ? out.p : "", cases[i].want) == 0, "case %zu: got '%s'", i,
+                   out.len ? out.p : "");
+        }
+        buf_fini(&out);
+    }
+}
+
+/* Money totals are summed in the read model by rastro_merge_valores, in
+ * 128 bits, across batches; a list that does not parse fails the batch. */
 static void test_money_totals_in_db(const char *dir)
 {
     char path[400];
@@ -125,31 +175,39 @@ static void test_money_totals_in_db(const char *dir)
         return;
     }
     static const struct {
-        __int128 add;
-        const char *want;       /* valor_por_moneda's USD after the batch */
+        const char *add;
+        const char *want;       /* valor_por_moneda after the batch */
     } steps[] = {
-        { 9000000000000000000LL, "\"USD\":900000000000000}" },
-        { 9000000000000000000LL, "\"USD\":1800000000000000}" },   /* past 2^63 ticks */
-        { -1, "\"USD\":1799999999999999.9999}" },
+        { "USD=9000000000000000000/1", "{\"USD\":900000000000000}" },
+        { "USD=9000000000000000000/1", "{\"USD\":1800000000000000}" },   /* past 2^63 ticks */
+        { "USD=-1/1", "{\"USD\":1799999999999999.9999}" },
+        { "EUR=5000/1", "{\"EUR\":0.5,\"USD\":1799999999999999.9999}" },
+        { "", "{\"EUR\":0.5,\"USD\":1799999999999999.9999}" },      /* impressions only */
     };
     struct buf out;
     buf_init(&out, 0);
     for (size_t i = 0; i < ARRAY_LEN(steps); i++) {
         CHECK(rm_begin(rm, &e) == ERR_OK);
-        CHECK(rm_stats_add_valor(rm, SCOPE_CAMPANA, "c", "USD", steps[i].add, 1, &e) == ERR_OK);
+        CHECK(rm_stats_add(rm, SCOPE_CAMPANA, "c", steps[i].add[0] ? 0 : 1,
+                           steps[i].add[0] ? 1 : 0, 1, steps[i].add, strlen(steps[i].add),
+                           &e) == ERR_OK);
         CHECK(rm_commit(rm, &e) == ERR_OK);
         buf_reset(&out);
         CHECK(rm_query_stats(rm, SCOPE_CAMPANA, "c", &out, &e) == ERR_OK);
         CHECKF(strstr(out.p, steps[i].want) != NULL, "step %zu: %s", i, out.p);
     }
+    CHECKF(strstr(out.p, "\"total_impresiones\":1,\"total_conversiones\":4") != NULL, "%s",
+           out.p);
     sqlite3 *db = NULL;
     CHECK(sqlite3_open(path, &db) == SQLITE_OK &&
-          sqlite3_exec(db, "UPDATE stats_valor SET valor='12x'", NULL, NULL, NULL) == SQLITE_OK);
+          sqlite3_exec(db, "UPDATE stats SET valores='USD=12x/1'", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     CHECK(rm_begin(rm, &e) == ERR_OK);
-    CHECK(rm_stats_add_valor(rm, SCOPE_CAMPANA, "c", "USD", 1, 1, &e) == ERR_IO);
+    CHECK(rm_stats_add(rm, SCOPE_CAMPANA, "c", 0, 1, 1, "USD=1/1", 7, &e) == ERR_IO);
     CHECKF(strstr(e.msg, "corrupt money total") != NULL, "%s", e.msg);
     rm_rollback(rm);
+    buf_reset(&out);
+    CHECK(rm_query_stats(rm, SCOPE_CAMPANA, "c", &out, &e) == ERR_IO);   /* not answered wrong */
     buf_fini(&out);
     readmodel_close(rm);
 }
@@ -318,6 +376,74 @@ static void answers(const char *path, struct buf *out)
     readmodel_close(rm);
 }
 
+/* A flush writes one statistics row a (scope, key) with all its currencies:
+ * keys that share their first 15 bytes (what the flush sorts by first), a
+ * key of exactly 15 bytes, and one name in both scopes stay apart. */
+static void test_flush_groups_by_key(const char *dir)
+{
+    static const char A[] = "campaign-2026-11-alpha", B[] = "campaign-2026-11-delta",
+                      P15[] = "campaign-2026-1";
+    static const struct {
+        enum tracking_kind kind;
+        const char *camp, *infl, *moneda;
+        int64_t valor;
+    } events[] = {
+        { KIND_CONVERSION, A, A, "USD", 10000 },
+        { KIND_CONVERSION, B, "", "EUR", 20000 },
+        { KIND_CONVERSION, A, "", "EUR", 30000 },
+        { KIND_IMPRESION, P15, "", "", 0 },
+        { KIND_CONVERSION, "c", "", "COP", 5000 },
+        { KIND_CONVERSION, B, "", "EUR", 10000 },
+        { KIND_IMPRESION, A, "", "", 0 },
+    };
+    static const struct {
+        enum rm_scope scope;
+        const char *key, *once, *twice;     /* after one batch, after the same again */
+    } want[] = {
+        { SCOPE_CAMPANA, A, "\"total_impresiones\":1,\"total_conversiones\":2,",
+          "\"total_impresiones\":2,\"total_conversiones\":4," },
+        { SCOPE_CAMPANA, A, "\"valor_por_moneda\":{\"EUR\":3,\"USD\":1}}",
+          "\"valor_por_moneda\":{\"EUR\":6,\"USD\":2}}" },
+        { SCOPE_CAMPANA, B, "\"total_conversiones\":2,\"valor_total_conversiones\":3,",
+          "\"total_conversiones\":4,\"valor_total_conversiones\":6," },
+        { SCOPE_CAMPANA, P15, "\"total_impresiones\":1,\"total_conversiones\":0,",
+          "\"total_impresiones\":2,\"total_conversiones\":0," },
+        { SCOPE_CAMPANA, P15, "\"valor_por_moneda\":{}}", "\"valor_por_moneda\":{}}" },
+        { SCOPE_CAMPANA, "c", "\"valor_por_moneda\":{\"COP\":0.5}}",
+          "\"valor_por_moneda\":{\"COP\":1}}" },
+        { SCOPE_INFLUENCER, A, "\"total_impresiones\":0,\"total_conversiones\":1,",
+          "\"total_impresiones\":0,\"total_conversiones\":2," },
+        { SCOPE_INFLUENCER, A, "\"valor_por_moneda\":{\"USD\":1}}",
+          "\"valor_por_moneda\":{\"USD\":2}}" },
+    };
+    struct fixture f;
+    fx_open(&f, dir, "groups");
+    struct err e;
+    struct buf out;
+    buf_init(&out, 0);
+    for (int batch = 0; batch < 2; batch++) {
+        CHECK(rm_begin(f.rm, &e) == ERR_OK);
+        for (size_t i = 0; i < ARRAY_LEN(events); i++) {
+            struct tracking t = mk(events[i].kind, "x", events[i].camp, events[i].infl,
+                                   events[i].valor, events[i].moneda);
+            stats_acc_apply(f.acc, &t, 1000 + (int64_t)i);
+        }
+        CHECK(stats_acc_flush(f.acc, f.rm, &e) == ERR_OK);
+        CHECK(rm_commit(f.rm, &e) == ERR_OK);
+        for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+            buf_reset(&out);
+            CHECK(rm_query_stats(f.rm, want[i].scope, want[i].key, &out, &e) == ERR_OK);
+            const char *w = batch == 0 ? want[i].once : want[i].twice;
+            CHECKF(strstr(out.p, w) != NULL, "batch %d, %s: %s", batch, want[i].key, out.p);
+        }
+    }
+    int64_t imp = 0, conv = 0, rows = 0;
+    CHECK(rm_query_rows(f.rm, &imp, &conv, &rows, &e) == ERR_OK);
+    CHECKF(rows == 5, "%lld statistics rows", (long long)rows);
+    buf_fini(&out);
+    fx_close(&f);
+}
+
 /*
  * The rebuild (PROJ_BULK: a reader thread decodes chunks while the caller
  * applies them, in batches far larger than a chunk) must give exactly what
@@ -426,7 +552,9 @@ int main(void)
     test_stats_table();
     test_money_format();
     test_apply_and_replay(dir);
+    test_money_totals_merge();
     test_money_totals_in_db(dir);
+    test_flush_groups_by_key(dir);
     test_bulk_equals_live(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
