@@ -32,6 +32,11 @@
 
 #define DEFAULT_MEMTABLE (256u * 1024)
 #define FANOUT 4
+/* A rebuild merges wider: fewer passes over the same entries while the
+ * index threads are what the rebuild waits for; a server opening the file
+ * later merges its level-0 runs four at a time again. */
+#define FANOUT_BULK 8
+#define FANOUT_MAX FANOUT_BULK
 #define BLOOM_BITS_PER_KEY 10
 #define BLOOM_K 7
 
@@ -65,6 +70,8 @@ struct lsmidx {
     bool stop, busy, warned;
     bool clean;                     /* every add so far is committed by the owner */
     bool no_bloom;                  /* range-only index: filters would never be asked */
+    bool bulk;                      /* LSMIDX_BULK */
+    int fanout;                     /* runs merged at a time */
     int64_t flushes, merges;
     bool failing;                   /* the last flush or merge failed; retrying */
     struct siphash_key key;         /* per file, random, kept in lsm_meta */
@@ -314,19 +321,19 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     return ERR_OK;
 }
 
-/* Picks FANOUT runs of one level to merge; false if no level is full. */
+/* Picks ix->fanout runs of one level to merge; false if no level is full. */
 static bool pick_merge(struct lsmidx *ix, int64_t *ids, int *level)
 {
     bool found = false;
     pthread_mutex_lock(&ix->mu);
     for (int lvl = 0; lvl < 32 && !found; lvl++) {
         int n = 0;
-        for (size_t i = 0; i < ix->nruns && n < FANOUT; i++) {
+        for (size_t i = 0; i < ix->nruns && n < ix->fanout; i++) {
             if (ix->runs[i].level == lvl) {
                 ids[n++] = ix->runs[i].id;
             }
         }
-        if (n == FANOUT) {
+        if (n == ix->fanout) {
             *level = lvl;
             found = true;
         }
@@ -338,9 +345,13 @@ static bool pick_merge(struct lsmidx *ix, int64_t *ids, int *level)
 static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct err *e)
 {
     struct run r = { .id = ix->next_run, .level = level + 1 };
-    char in[128];
-    snprintf(in, sizeof(in), "(%lld,%lld,%lld,%lld)", (long long)ids[0], (long long)ids[1],
-             (long long)ids[2], (long long)ids[3]);
+    char in[32 * FANOUT_MAX];
+    size_t il = 0;
+    for (int k = 0; k < ix->fanout; k++) {
+        il += (size_t)snprintf(in + il, sizeof(in) - il, "%c%lld", k ? ',' : '(',
+                               (long long)ids[k]);
+    }
+    snprintf(in + il, sizeof(in) - il, ")");
     char sql[640];
     int rc = exec(ix->wdb, "BEGIN IMMEDIATE", ix->path, e);
     if (rc == ERR_OK) {
@@ -394,7 +405,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
     size_t j = 0;
     for (size_t i = 0; i < ix->nruns; i++) {
         bool gone = false;
-        for (int k = 0; k < FANOUT; k++) {
+        for (int k = 0; k < ix->fanout; k++) {
             gone = gone || ix->runs[i].id == ids[k];
         }
         if (gone) {
@@ -404,7 +415,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
         }
     }
     ix->nruns = j;
-    ix->runs[ix->nruns++] = r;      /* FANOUT were removed: there is room */
+    ix->runs[ix->nruns++] = r;      /* fanout were removed: there is room */
     ix->next_run++;
     ix->merges++;
     pthread_mutex_unlock(&ix->mu);
@@ -418,8 +429,10 @@ static void *run_thread(void *arg)
     struct lsmidx *ix = arg;
     pthread_setname_np(pthread_self(), "rastro-index");
     /* Flushes and merges can wait; requests cannot. On Linux the nice value
-     * is per thread, so this lowers only this one. */
-    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0) {
+     * is per thread, so this lowers only this one. Not in a rebuild: there
+     * this thread is what the others wait for (at 10M events it was the
+     * busiest thread, and niced it got less than its share). */
+    if (!ix->bulk && setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0) {
         log_debug("cannot lower index thread priority", NULL);
     }
     int backoff_s = 0;
@@ -444,7 +457,7 @@ static void *run_thread(void *arg)
         if (frozen != NULL) {
             rc = flush_frozen(ix, frozen, max_pos, &e);
         }
-        int64_t ids[FANOUT];
+        int64_t ids[FANOUT_MAX];
         int level;
         while (rc == ERR_OK && pick_merge(ix, ids, &level)) {
             rc = merge_runs(ix, ids, level, &e);
@@ -588,6 +601,8 @@ int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx 
 {
     struct lsmidx *ix = xcalloc(1, sizeof(*ix));
     ix->no_bloom = (flags & LSMIDX_NO_BLOOM) != 0;
+    ix->bulk = (flags & LSMIDX_BULK) != 0;
+    ix->fanout = ix->bulk ? FANOUT_BULK : FANOUT;
     ix->path = xstrdup(path);
     ix->memtable_max = memtable_max ? memtable_max : DEFAULT_MEMTABLE;
     pthread_mutex_init(&ix->mu, NULL);

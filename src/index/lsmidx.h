@@ -48,6 +48,8 @@ struct lsmidx_stats {
 
 enum {
     LSMIDX_NO_BLOOM = 1 << 0,   /* only range reads: keep no bloom filters */
+    LSMIDX_BULK = 1 << 1,       /* a rebuild: nobody waits on lookups, so the
+                                 * background thread keeps normal priority */
 };
 
 /* memtable_max: entries per flush (0 = default 262144). */

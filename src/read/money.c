@@ -123,10 +123,21 @@ int money_totals_next(const char **pp, const char *end, struct money_total *t)
 
 int money_totals_put(struct buf *b, const struct money_total *t)
 {
-    char ticks[48];
-    money_ticks_text(t->ticks, ticks, sizeof(ticks));
-    return buf_printf(b, "%s%s=%s/%lld", b->len > 0 ? "," : "", t->moneda, ticks,
-                      (long long)t->conv);
+    /* by hand: vsnprintf was a tenth of the projector's time on conversions */
+    char e[4 + 1 + 48 + 1 + 24];
+    size_t n = 0;
+    if (b->len > 0) {
+        e[n++] = ',';
+    }
+    memcpy(e + n, t->moneda, 3);
+    n += 3;
+    e[n++] = '=';
+    money_ticks_text(t->ticks, e + n, 48);
+    n += strlen(e + n);
+    e[n++] = '/';
+    money_ticks_text(t->conv, e + n, 24);
+    n += strlen(e + n);
+    return buf_append(b, e, n);
 }
 
 /* The next entry of one side, checking it comes after the previous one. */

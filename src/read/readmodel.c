@@ -348,9 +348,11 @@ static int open_index(struct readmodel *rm, struct err *e)
     rm->owns_ix = true;
     snprintf(rm->ix->ids_path, sizeof(rm->ix->ids_path), "%s/rm-%s.ids", d, gen);
     snprintf(rm->ix->lists_path, sizeof(rm->ix->lists_path), "%s/rm-%s.lists", d, gen);
-    rc = lsmidx_open(rm->ix->ids_path, memtable, 0, &rm->ix->ids, e);
+    int bulk = rm->mode == RM_BULK ? LSMIDX_BULK : 0;
+    rc = lsmidx_open(rm->ix->ids_path, memtable, bulk, &rm->ix->ids, e);
     if (rc == ERR_OK) {
-        rc = lsmidx_open(rm->ix->lists_path, memtable, LSMIDX_NO_BLOOM, &rm->ix->lists, e);
+        rc = lsmidx_open(rm->ix->lists_path, memtable, LSMIDX_NO_BLOOM | bulk, &rm->ix->lists,
+                         e);
     }
     if (rc != ERR_OK) {
         return rc;

@@ -4,7 +4,6 @@
 #include "read/rmcache.h"
 
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -30,13 +29,15 @@ struct shard {
     pthread_mutex_t mu;
     uint64_t gen;
     size_t count;
+    /* counted under the shard's lock: one counter shared by every worker
+     * thread was a cache line bouncing between cores on each lookup */
+    uint64_t hits, misses;
     struct centry *b[BUCKETS];
 };
 
 struct rmcache {
     struct siphash_key sk;
     size_t max_per_shard;
-    _Atomic uint64_t hits, misses;
     struct shard s[SHARDS];
 };
 
@@ -121,8 +122,12 @@ bool rmcache_get(struct rmcache *c, int ns, const char *key, struct buf *out)
     pthread_mutex_lock(&s->mu);
     struct centry *x = *find(s, h, ns, key);
     bool hit = x != NULL && buf_append(out, x->json, x->len) == ERR_OK;
+    if (hit) {
+        s->hits++;
+    } else {
+        s->misses++;
+    }
     pthread_mutex_unlock(&s->mu);
-    atomic_fetch_add_explicit(hit ? &c->hits : &c->misses, 1, memory_order_relaxed);
     return hit;
 }
 
@@ -192,11 +197,11 @@ void rmcache_invalidate(struct rmcache *c, int ns, const char *key)
 
 void rmcache_get_stats(struct rmcache *c, struct rmcache_stats *out)
 {
-    out->hits = atomic_load(&c->hits);
-    out->misses = atomic_load(&c->misses);
-    out->entries = 0;
+    out->hits = out->misses = out->entries = 0;
     for (int i = 0; i < SHARDS; i++) {
         pthread_mutex_lock(&c->s[i].mu);
+        out->hits += c->s[i].hits;
+        out->misses += c->s[i].misses;
         out->entries += c->s[i].count;
         pthread_mutex_unlock(&c->s[i].mu);
     }

@@ -64,14 +64,15 @@ static void *reader(void *p)
 }
 
 /* Lists: one key holding many positions, read newest first in pages that
- * cross the memtables and several runs. */
-static void test_ranges(const char *dir)
+ * cross the memtables and several runs. With and without bloom filters,
+ * merging four runs at a time or, as a rebuild does, eight. */
+static void test_ranges(const char *dir, const char *name, int flags)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/r.idx", dir);
+    snprintf(path, sizeof(path), "%s/%s.idx", dir, name);
     struct err e;
     struct lsmidx *ix = NULL;
-    CHECK(lsmidx_open(path, 50, LSMIDX_NO_BLOOM, &ix, &e) == ERR_OK);
+    CHECK(lsmidx_open(path, 50, flags, &ix, &e) == ERR_OK);
     if (ix == NULL) {
         return;
     }
@@ -130,9 +131,47 @@ static void test_ranges(const char *dir)
     CHECK(lsmidx_range_desc(ix, r, hot, (int64_t)nwant - 3, 10, page, &n, &e) == ERR_OK &&
           n == 3 && page[2] == want[0]);
     CHECK(lsmidx_range_desc(ix, r, 4242, 0, 10, page, &n, &e) == ERR_OK && n == 0);
-    /* without bloom filters a point lookup still finds everything */
+    /* a point lookup finds everything, with bloom filters or without */
     int64_t all[M + 20];
     CHECK(lsmidx_find(ix, r, hot, all, M, &n, &e) == ERR_OK && n == nwant);
+    bool each = true;
+    for (int64_t i = 1; i <= M; i++) {
+        if (i % 3 != 0) {
+            each = each && lsmidx_find(ix, r, key(i), all, 4, &n, &e) == ERR_OK && n == 1 &&
+                   all[0] == i;
+        }
+    }
+    CHECKF(each, "%s: point lookups", name);
+    lsmidx_reader_close(r);
+    lsmidx_close(ix);
+    /* a server opens what a rebuild wrote and merges on top of it */
+    ix = NULL;
+    CHECK(lsmidx_open(path, 50, flags & ~LSMIDX_BULK, &ix, &e) == ERR_OK);
+    if (ix == NULL) {
+        return;
+    }
+    for (int64_t i = M + 21; i <= M + 1000; i++) {
+        lsmidx_add(ix, key(i), i);
+        if (i % 50 == 0) {
+            lsmidx_commit(ix, i);
+            lsmidx_quiesce(ix);
+        }
+    }
+    lsmidx_commit(ix, M + 1000);
+    lsmidx_quiesce(ix);
+    CHECK(lsmidx_reader_open(ix, &r, &e) == ERR_OK);
+    each = true;
+    for (int64_t i = 1; i <= M + 1000; i++) {
+        if ((i <= M && i % 3 == 0) || (i > M && i <= M + 20)) {
+            continue;
+        }
+        each = each && lsmidx_find(ix, r, key(i), all, 4, &n, &e) == ERR_OK && n == 1 &&
+               all[0] == i;
+    }
+    CHECKF(each, "%s: point lookups after reopening", name);
+    CHECK(lsmidx_find(ix, r, hot, all, M, &n, &e) == ERR_OK && n == M / 3);
+    lsmidx_get_stats(ix, &st);
+    CHECKF(st.runs < 16, "%s: %zu runs after reopening", name, st.runs);
     lsmidx_reader_close(r);
     lsmidx_close(ix);
 }
@@ -277,7 +316,9 @@ int main(void)
         lsmidx_reader_close(r);
         lsmidx_close(ix);
     }
-    test_ranges(dir);
+    test_ranges(dir, "ranges", LSMIDX_NO_BLOOM);
+    test_ranges(dir, "ranges-bulk", LSMIDX_NO_BLOOM | LSMIDX_BULK);
+    test_ranges(dir, "bloom-bulk", LSMIDX_BULK);
     test_flusher_blocked(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
