@@ -32,11 +32,6 @@
 
 #define DEFAULT_MEMTABLE (256u * 1024)
 #define FANOUT 4
-/* A rebuild merges wider: fewer passes over the same entries while the
- * index threads are what the rebuild waits for; a server opening the file
- * later merges its level-0 runs four at a time again. */
-#define FANOUT_BULK 8
-#define FANOUT_MAX FANOUT_BULK
 #define BLOOM_BITS_PER_KEY 10
 #define BLOOM_K 7
 
@@ -71,7 +66,6 @@ struct lsmidx {
     bool clean;                     /* every add so far is committed by the owner */
     bool no_bloom;                  /* range-only index: filters would never be asked */
     bool bulk;                      /* LSMIDX_BULK */
-    int fanout;                     /* runs merged at a time */
     int64_t flushes, merges;
     bool failing;                   /* the last flush or merge failed; retrying */
     struct siphash_key key;         /* per file, random, kept in lsm_meta */
@@ -321,19 +315,19 @@ static int flush_frozen(struct lsmidx *ix, struct idindex *frozen, int64_t max_p
     return ERR_OK;
 }
 
-/* Picks ix->fanout runs of one level to merge; false if no level is full. */
+/* Picks FANOUT runs of one level to merge; false if no level is full. */
 static bool pick_merge(struct lsmidx *ix, int64_t *ids, int *level)
 {
     bool found = false;
     pthread_mutex_lock(&ix->mu);
     for (int lvl = 0; lvl < 32 && !found; lvl++) {
         int n = 0;
-        for (size_t i = 0; i < ix->nruns && n < ix->fanout; i++) {
+        for (size_t i = 0; i < ix->nruns && n < FANOUT; i++) {
             if (ix->runs[i].level == lvl) {
                 ids[n++] = ix->runs[i].id;
             }
         }
-        if (n == ix->fanout) {
+        if (n == FANOUT) {
             *level = lvl;
             found = true;
         }
@@ -345,9 +339,9 @@ static bool pick_merge(struct lsmidx *ix, int64_t *ids, int *level)
 static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct err *e)
 {
     struct run r = { .id = ix->next_run, .level = level + 1 };
-    char in[32 * FANOUT_MAX];
+    char in[32 * FANOUT];
     size_t il = 0;
-    for (int k = 0; k < ix->fanout; k++) {
+    for (int k = 0; k < FANOUT; k++) {
         il += (size_t)snprintf(in + il, sizeof(in) - il, "%c%lld", k ? ',' : '(',
                                (long long)ids[k]);
     }
@@ -405,7 +399,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
     size_t j = 0;
     for (size_t i = 0; i < ix->nruns; i++) {
         bool gone = false;
-        for (int k = 0; k < ix->fanout; k++) {
+        for (int k = 0; k < FANOUT; k++) {
             gone = gone || ix->runs[i].id == ids[k];
         }
         if (gone) {
@@ -415,7 +409,7 @@ static int merge_runs(struct lsmidx *ix, const int64_t *ids, int level, struct e
         }
     }
     ix->nruns = j;
-    ix->runs[ix->nruns++] = r;      /* fanout were removed: there is room */
+    ix->runs[ix->nruns++] = r;      /* FANOUT were removed: there is room */
     ix->next_run++;
     ix->merges++;
     pthread_mutex_unlock(&ix->mu);
@@ -457,7 +451,7 @@ static void *run_thread(void *arg)
         if (frozen != NULL) {
             rc = flush_frozen(ix, frozen, max_pos, &e);
         }
-        int64_t ids[FANOUT_MAX];
+        int64_t ids[FANOUT];
         int level;
         while (rc == ERR_OK && pick_merge(ix, ids, &level)) {
             rc = merge_runs(ix, ids, level, &e);
@@ -602,7 +596,6 @@ int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx 
     struct lsmidx *ix = xcalloc(1, sizeof(*ix));
     ix->no_bloom = (flags & LSMIDX_NO_BLOOM) != 0;
     ix->bulk = (flags & LSMIDX_BULK) != 0;
-    ix->fanout = ix->bulk ? FANOUT_BULK : FANOUT;
     ix->path = xstrdup(path);
     ix->memtable_max = memtable_max ? memtable_max : DEFAULT_MEMTABLE;
     pthread_mutex_init(&ix->mu, NULL);

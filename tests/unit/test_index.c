@@ -65,7 +65,8 @@ static void *reader(void *p)
 
 /* Lists: one key holding many positions, read newest first in pages that
  * cross the memtables and several runs. With and without bloom filters,
- * merging four runs at a time or, as a rebuild does, eight. */
+ * written as a server does or as a rebuild does (LSMIDX_BULK), then
+ * reopened by a server that merges on top. */
 static void test_ranges(const char *dir, const char *name, int flags)
 {
     char path[300];
