@@ -258,7 +258,7 @@ int service_serve(const struct config *cfg)
     log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
     status = 0;
 out:
-    http_quiesce(http);
+    http_drain(http);
     selfcheck_stop(selfcheck);
     if (committer != NULL) {
         committer_stop(committer);

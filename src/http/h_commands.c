@@ -193,7 +193,7 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
         return MHD_YES;
     }
     enum MHD_Result denied;
-    if (http_authorize(r, &denied) != ERR_OK) {
+    if (http_refuse_draining(r, &denied) || http_authorize(r, &denied) != ERR_OK) {
         return denied;      /* after the body was read: MHD then answers cleanly */
     }
     if (r->srv->deps.submit == NULL) {

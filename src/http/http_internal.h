@@ -46,7 +46,7 @@ struct http_metrics {
 
 struct http_server {
     struct MHD_Daemon *d;
-    MHD_socket quiesced_fd;         /* after http_quiesce: closed by http_stop */
+    atomic_bool draining;           /* http_drain() was called */
     struct http_deps deps;
     pthread_mutex_t pool_mu;
     struct readmodel **pool;
@@ -78,6 +78,7 @@ struct req {
     int retry_after;                /* Retry-After seconds, when > 0 */
     int route_rc;                   /* route_match's answer */
     bool www_authenticate;          /* a 401: say how to authenticate */
+    bool close_conn;                /* answer with Connection: close */
 };
 
 /* With API keys configured: ERR_OK if the request may proceed, else the
@@ -96,6 +97,9 @@ enum MHD_Result http_reply_error(struct req *r, unsigned status, const char *msg
 void http_suspend(struct req *r);
 /* Resumes it; from any thread. */
 void http_resume(struct req *r);
+
+/* While draining: the 503 every request gets (true), or false to go on. */
+bool http_refuse_draining(struct req *r, enum MHD_Result *ret);
 
 enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size);
 enum MHD_Result h_query(struct req *r);

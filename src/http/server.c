@@ -10,8 +10,11 @@
  *    pool stays at its 32 KiB default (at 128 KiB the memset was 10% of a
  *    query's CPU). Request bodies are buffered by rastro, not in the pool.
  *  - MHD_stop_daemon() must not run while connections are suspended: the
- *    service stops the committer and the projector first, which resumes
- *    every suspended connection.
+ *    service drains (http_drain: nothing new is suspended), then stops the
+ *    committer and the projector, which resumes every suspended connection.
+ *  - MHD_quiesce_daemon() is not used: with epoll and a thread pool it
+ *    races the workers' own removal of the listen socket from their epoll
+ *    sets and aborts the process when it loses (server.h).
  */
 #include "http/server.h"
 
@@ -146,6 +149,9 @@ enum MHD_Result http_reply_typed(struct req *r, unsigned status, struct buf *bod
     const char *rid = id_header(r->conn, "X-Request-Id");
     if (rid != NULL) {
         MHD_add_response_header(resp, "X-Request-Id", rid);     /* echoed for tracing */
+    }
+    if (r->close_conn) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     if (r->www_authenticate) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"rastro\"");
@@ -326,6 +332,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not found", NULL);
     }
     enum MHD_Result denied;
+    if (http_refuse_draining(r, &denied)) {
+        return denied;
+    }
     if (http_authorize(r, &denied) != ERR_OK) {
         return denied;
     }
@@ -436,7 +445,6 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
         return rc;
     }
     struct http_server *s = xcalloc(1, sizeof(*s));
-    s->quiesced_fd = MHD_INVALID_SOCKET;
     s->deps = *deps;
     s->started_us = time_mono_us();
     pthread_mutex_init(&s->pool_mu, NULL);
@@ -475,13 +483,23 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
     return ERR_OK;
 }
 
-void http_quiesce(struct http_server *s)
+void http_drain(struct http_server *s)
 {
-    if (s != NULL && s->d != NULL && s->quiesced_fd == MHD_INVALID_SOCKET) {
-        /* the listening socket is ours now, but a daemon thread may still
-         * touch it: closed only after MHD_stop_daemon (libmicrohttpd's rule) */
-        s->quiesced_fd = MHD_quiesce_daemon(s->d);
+    if (s != NULL) {
+        atomic_store(&s->draining, true);
     }
+}
+
+bool http_refuse_draining(struct req *r, enum MHD_Result *ret)
+{
+    if (!atomic_load(&r->srv->draining) ||
+        (r->route_rc == ERR_OK && r->route.id == R_LIVE)) {
+        return false;
+    }
+    r->retry_after = 1;
+    r->close_conn = true;
+    *ret = http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down; retry", NULL);
+    return true;
 }
 
 void http_stop(struct http_server *s)
@@ -490,9 +508,6 @@ void http_stop(struct http_server *s)
         return;
     }
     MHD_stop_daemon(s->d);
-    if (s->quiesced_fd != MHD_INVALID_SOCKET) {
-        close(s->quiesced_fd);
-    }
     for (size_t i = 0; i < s->pool_n; i++) {
         readmodel_close(s->pool[i]);
     }

@@ -8,6 +8,7 @@ import http.client
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -538,6 +539,58 @@ class SigtermTest(LifecycleCase):
         js = self.post_ok(srv2, "imp", {K_CAMPANA: "st-c"})
         self.assertEqual(js["position"], head + 1)
         self.assertEqual(srv2.stop(), 0)
+
+    def test_sigterm_drains(self):
+        """After SIGTERM, while a commit in flight holds the shutdown up, new
+        requests get a clear 503 and the connection is closed; the liveness
+        probe still answers; the commit in flight completes; exit 0."""
+        data = self.new_data_dir()
+        srv = self.start_server(data)
+        self.post_ok(srv, "imp", {"id": "dr-0", K_CAMPANA: "dr"})
+        lock = sqlite3.connect(os.path.join(data, "events.db"), timeout=5, isolation_level=None)
+        stuck = {}
+
+        def post_stuck():
+            try:
+                status, _, js, raw = srv.post("imp", {"id": "dr-1", K_CAMPANA: "dr"})
+                stuck["answer"] = (status, js)
+            except (OSError, http.client.HTTPException) as ex:
+                stuck["answer"] = ("error", repr(ex))
+
+        th = threading.Thread(target=post_stuck, daemon=True)
+        try:
+            lock.execute("BEGIN IMMEDIATE")     # the committer now waits for the store
+            th.start()
+            time.sleep(0.3)
+            self.assertNotIn("answer", stuck, "the POST should be waiting for its commit")
+            srv.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            status = None
+            while time.monotonic() < deadline:
+                status, headers, js, raw = srv.request("GET", "/tracking/health")
+                if status == 503:
+                    break
+                time.sleep(0.02)
+            self.assertEqual(status, 503, "GET /tracking/health while draining: %r" % raw[:200])
+            self.assertEqual(js.get("error"), "shutting down; retry")
+            self.assertEqual(headers.get("retry-after"), "1")
+            self.assertEqual(headers.get("connection", "").lower(), "close")
+            status, headers, js, raw = srv.post("conv", {"id": "dr-2", K_CAMPANA: "dr"})
+            self.assertEqual((status, js.get("error")), (503, "shutting down; retry"), raw[:200])
+            status, _, _, raw = srv.request("GET", "/health/live")
+            self.assertEqual(status, 200, "liveness while draining: %r" % raw[:200])
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        th.join(timeout=15)
+        self.assertFalse(th.is_alive(), "the POST in flight never got an answer")
+        self.assertEqual(srv.stop(check=False), 0, "a drained server must exit 0")
+        streams = [e["stream_id"] for e in events(data)]
+        self.assertNotIn(KIND_STREAM["conv"] + "dr-2", streams, "a refused command was stored")
+        if stuck["answer"][0] == 202:
+            self.assertIn(KIND_STREAM["imp"] + "dr-1", streams, "an acknowledged POST is lost")
+        else:
+            self.assertEqual(stuck["answer"][0], 503, "the POST in flight: %r" % (stuck["answer"],))
 
     def test_sigterm_when_idle(self):
         srv = self.start_server(self.new_data_dir())
