@@ -533,17 +533,11 @@ static int verify_build(int64_t upto, char *fresh, size_t max, void *arg, struct
 /* Removes the scratch read models and the index files of their generation. */
 static void remove_scratch(const char *dir, const char *path)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
     char gen[64] = "";
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k='generation'", -1, &st, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-        snprintf(gen, sizeof(gen), "%s", (const char *)sqlite3_column_text(st, 0));
+    struct err e;
+    if (rm_file_generation(path, gen, sizeof(gen), &e) != ERR_OK) {
+        gen[0] = '\0';     /* no file, or not read models: nothing of theirs to remove */
     }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
     remove_db(path);
     if (gen[0] != '\0') {
         static const char *const ext[] = { "ids", "lists" };

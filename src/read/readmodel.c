@@ -272,22 +272,35 @@ static void remove_stale(const char *dir, const char *gen)
     closedir(d);
 }
 
-int rm_remove_stale_indexes(const char *path, struct err *e)
+/* The first column of the one row sql gives, read from the file at path
+ * without opening it as read models (no index files, no threads). */
+static int peek_text(const char *path, const char *sql, char *out, size_t max, struct err *e)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    char gen[64] = "";
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT v FROM meta WHERE k='generation'", -1, &st, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
-        snprintf(gen, sizeof(gen), "%s", (const char *)sqlite3_column_text(st, 0));
+    int rc = ERR_OK;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW || sqlite3_column_text(st, 0) == NULL) {
+        rc = err_set(e, ERR_IO, "reading %s: %s", path,
+                     db != NULL ? sqlite3_errmsg(db) : "cannot open");
+    } else {
+        snprintf(out, max, "%s", (const char *)sqlite3_column_text(st, 0));
     }
-    int rc = gen[0] != '\0' ? ERR_OK
-                            : err_set(e, ERR_IO, "reading the generation of %s: %s", path,
-                                      db != NULL ? sqlite3_errmsg(db) : "cannot open");
     sqlite3_finalize(st);
     sqlite3_close(db);
+    return rc;
+}
+
+int rm_file_generation(const char *path, char *out, size_t max, struct err *e)
+{
+    return peek_text(path, "SELECT v FROM meta WHERE k='generation'", out, max, e);
+}
+
+int rm_remove_stale_indexes(const char *path, struct err *e)
+{
+    char gen[64] = "";
+    int rc = rm_file_generation(path, gen, sizeof(gen), e);
     if (rc == ERR_OK) {
         char dir[4096];
         snprintf(dir, sizeof(dir), "%s", path);
@@ -551,18 +564,11 @@ int rm_schema_version(const char *path, int *version, struct err *e)
     if (access(path, F_OK) != 0) {
         return ERR_OK;
     }
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int rc = ERR_OK;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW) {
-        rc = err_set(e, ERR_IO, "reading %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
-    } else {
-        *version = sqlite3_column_int(st, 0);
+    char v[32];
+    int rc = peek_text(path, "PRAGMA user_version", v, sizeof(v), e);
+    if (rc == ERR_OK) {
+        *version = atoi(v);
     }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
     return rc;
 }
 

@@ -57,6 +57,8 @@ struct rm_index;        /* the lsmidx pair, shared by the writer and readers */
 int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readmodel **out,
                    struct err *e) WARN_UNUSED;
 void readmodel_close(struct readmodel *rm);     /* NULL is a no-op */
+/* The generation (it names the index files) of the read models at path. */
+int rm_file_generation(const char *path, char *out, size_t max, struct err *e) WARN_UNUSED;
 /* The schema version of the read models at path; 0 when there are none. */
 int rm_schema_version(const char *path, int *version, struct err *e) WARN_UNUSED;
 struct rm_index *readmodel_index(struct readmodel *writer);
