@@ -54,9 +54,10 @@ int money_parse_ticks(const char *s, __int128 *out)
 
 void money_format(__int128 ticks, char *out, size_t max)
 {
-    char digits[48];
-    bool neg = ticks < 0;
-    money_ticks_text(neg ? -ticks : ticks, digits, sizeof(digits));
+    char text[48];
+    money_ticks_text(ticks, text, sizeof(text));    /* no negation here: -INT128_MIN is UB */
+    bool neg = text[0] == '-';
+    const char *digits = text + neg;
     size_t n = strlen(digits);
     char whole[48], frac[8];
     if (n > 4) {

@@ -105,6 +105,11 @@ static void test_money_format(void)
         money_ticks_text(cases[i].ticks, t, sizeof(t));
         CHECK(money_parse_ticks(t, &back) == ERR_OK && back == cases[i].ticks);
     }
+    /* the most negative total formats without negating it (UB), though at
+     * 39 digits it is past what a stored total may hold */
+    char out[64];
+    money_format(-(__int128)(((unsigned __int128)1 << 126) - 1) * 2 - 2, out, sizeof(out));
+    CHECK_STR(out, "-17014118346046923173168730371588410.5728");
     __int128 x;
     CHECK(money_parse_ticks("", &x) != ERR_OK);
     CHECK(money_parse_ticks("1.5", &x) != ERR_OK);
