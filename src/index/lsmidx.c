@@ -67,6 +67,7 @@ struct lsmidx {
     bool no_bloom;                  /* range-only index: filters would never be asked */
     bool bulk;                      /* LSMIDX_BULK */
     int64_t flushes, merges;
+    int64_t file_finds;             /* lookups a filter sent to the file */
     bool failing;                   /* the last flush or merge failed; retrying */
     struct siphash_key key;         /* per file, random, kept in lsm_meta */
 };
@@ -824,7 +825,20 @@ int lsmidx_find(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, int64_t 
         size_t got = total < max ? total : max;
         total += idindex_find(ix->frozen, h, out + got, max - got);
     }
+    /* The run list changes under mu together with the memtables, so when
+     * no run's filter lets h through, memory was the whole answer and the
+     * file need not be asked (a new key's usual case: no SQL, no read
+     * transaction, no lock calls). */
+    bool on_disk = false;
+    for (size_t i = 0; i < ix->nruns && !on_disk; i++) {
+        on_disk = bloom_maybe(&ix->runs[i].bl, h);
+    }
+    ix->file_finds += on_disk;
     pthread_mutex_unlock(&ix->mu);
+    *n = total;
+    if (!on_disk) {
+        return ERR_OK;
+    }
     int rc = ERR_OK;
     sqlite3_bind_int64(r->find, 1, (int64_t)h);
     sqlite3_bind_int64(r->find, 2, flushed);
@@ -959,5 +973,6 @@ void lsmidx_get_stats(struct lsmidx *ix, struct lsmidx_stats *out)
     }
     out->flushes = ix->flushes;
     out->merges = ix->merges;
+    out->file_finds = ix->file_finds;
     pthread_mutex_unlock(&ix->mu);
 }

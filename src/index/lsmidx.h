@@ -11,10 +11,11 @@
  *             appends to one B-tree, a few bytes per entry;
  *   merge     when a level holds FANOUT runs they are merged into one run of
  *             the next level, so a lookup touches a handful of runs;
- *   lookups   check the memtables, then, in one SQL statement (one snapshot,
- *             so a concurrent merge can never hide an entry), every run whose
- *             bloom filter (about 10 bits an entry, kept in memory and in the
- *             file) does not rule the key out.
+ *   lookups   check the memtables and every run's bloom filter (about 10
+ *             bits an entry, kept in memory and in the file); only when a
+ *             filter lets the key through, one SQL statement (one snapshot,
+ *             so a concurrent merge can never hide an entry) reads the runs
+ *             that may hold it. A key that is nowhere costs no SQL.
  *
  * Like every read model it is derived from the log: lsmidx_flushed() says
  * up to which position the file is complete, and the owner re-adds the
@@ -44,6 +45,7 @@ struct lsmidx_stats {
     int64_t disk_entries;
     size_t bloom_bytes;
     int64_t flushes, merges;
+    int64_t file_finds;     /* lsmidx_find calls that had to read the file */
 };
 
 enum {

@@ -285,6 +285,23 @@ int main(void)
     }
     CHECK(all);
     CHECK(lsmidx_find(ix, r, key(N + 37), out, 8, &n, &e) == ERR_OK && n == 0);
+    /* keys that are nowhere: the filters answer, the file is not read
+     * (but for their false positives, ~1 % a run) */
+    lsmidx_get_stats(ix, &st);
+    int64_t before = st.file_finds;
+    bool none = true;
+    for (int64_t i = 1; i <= 1000; i++) {
+        none = none && lsmidx_find(ix, r, key(4 * N + i), out, 8, &n, &e) == ERR_OK && n == 0;
+    }
+    lsmidx_get_stats(ix, &st);
+    CHECK(none);
+    CHECKF(st.file_finds - before < 250, "%lld of 1000 absent keys read the file",
+           (long long)(st.file_finds - before));
+    /* and a key on disk is read from it */
+    before = st.file_finds;
+    CHECK(lsmidx_find(ix, r, key(1), out, 8, &n, &e) == ERR_OK && n == 1 && out[0] == 1);
+    lsmidx_get_stats(ix, &st);
+    CHECK(st.file_finds == before + 1);
     /* one hash, many positions (collisions are the caller's to confirm) */
     lsmidx_add(ix, 12345, N + 1);
     lsmidx_add(ix, 12345, N + 2);
