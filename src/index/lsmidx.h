@@ -50,8 +50,10 @@ struct lsmidx_stats {
 
 enum {
     LSMIDX_NO_BLOOM = 1 << 0,   /* only range reads: keep no bloom filters */
-    LSMIDX_BULK = 1 << 1,       /* a rebuild: nobody waits on lookups, so the
-                                 * background thread keeps normal priority */
+    LSMIDX_BULK = 1 << 1,       /* a rebuild into a new file: nobody waits on
+                                 * lookups, so the background thread keeps
+                                 * normal priority; no journal (a failed write
+                                 * fails the build), lsmidx_finish() at the end */
 };
 
 /* memtable_max: entries per flush (0 = default 262144). */
@@ -111,5 +113,9 @@ int lsmidx_range_desc(struct lsmidx *ix, struct lsmidx_reader *r, uint64_t h, in
 void lsmidx_get_stats(struct lsmidx *ix, struct lsmidx_stats *out);
 /* Waits until no flush or merge is pending (tests, shutdown). */
 void lsmidx_quiesce(struct lsmidx *ix);
+/* The end of a bulk build (LSMIDX_BULK files have no journal): waits for
+ * the flusher, fails if any write failed, and syncs the file. Without
+ * LSMIDX_BULK it only waits and reports nothing. */
+int lsmidx_finish(struct lsmidx *ix, struct err *e) WARN_UNUSED;
 
 #endif

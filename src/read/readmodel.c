@@ -574,8 +574,11 @@ int rm_schema_version(const char *path, int *version, struct err *e)
 
 int rm_bulk_finish(struct readmodel *rm, struct err *e)
 {
-    readmodel_index_quiesce(rm);
-    return exec(rm, "PRAGMA journal_mode=DELETE", e);
+    int rc = lsmidx_finish(rm->ix->ids, e);
+    if (rc == ERR_OK) {
+        rc = lsmidx_finish(rm->ix->lists, e);
+    }
+    return rc == ERR_OK ? exec(rm, "PRAGMA journal_mode=DELETE", e) : rc;
 }
 
 int rm_begin(struct readmodel *rm, struct err *e)
