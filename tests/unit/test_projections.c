@@ -86,6 +86,53 @@ static void test_stats_table(void)
     stats_acc_free(a);
 }
 
+/* Many keys: the accumulator grows (its slots are rebuilt many times),
+ * keys past the inline length live on the heap, and after a clear every
+ * key is gone and can come back. Each key gets its own counts, so a slot
+ * pointing at the wrong entry shows. */
+static void test_stats_many_keys(void)
+{
+    enum { K = 5000 };
+    struct stats_acc *a = stats_acc_new();
+    for (int round = 0; round < 2; round++) {
+        for (int k = 0; k < K; k++) {
+            char camp[80], infl[80];
+            /* every 7th campaign name is longer than a UUID */
+            snprintf(camp, sizeof(camp), k % 7 ? "c-%d" : "campaign-with-a-long-name-%d-xxxxxxxxxx",
+                     k);
+            snprintf(infl, sizeof(infl), "i-%d", k);
+            for (int j = 0; j <= k % 3; j++) {      /* k % 3 + 1 impressions */
+                struct tracking t = mk(KIND_IMPRESION, "x", camp, infl, 0, "");
+                stats_acc_apply(a, &t, 1000 + k);
+            }
+            struct tracking c = mk(KIND_CONVERSION, "x", camp, "", 100 + k, k % 2 ? "USD" : "EUR");
+            stats_acc_apply(a, &c, 1000 + k);
+        }
+        bool all = true;
+        for (int k = 0; k < K && all; k++) {
+            char camp[80], infl[80];
+            snprintf(camp, sizeof(camp), k % 7 ? "c-%d" : "campaign-with-a-long-name-%d-xxxxxxxxxx",
+                     k);
+            snprintf(infl, sizeof(infl), "i-%d", k);
+            int64_t imp = -1, conv = -1, last = -1;
+            __int128 v = -1;
+            all = stats_acc_get(a, SCOPE_CAMPANA, camp, &imp, &conv, &last) &&
+                  imp == k % 3 + 1 && conv == 1 && last == 1000 + k &&
+                  stats_acc_get_valor(a, SCOPE_CAMPANA, camp, k % 2 ? "USD" : "EUR", &v) &&
+                  v == 100 + k &&
+                  !stats_acc_get_valor(a, SCOPE_CAMPANA, camp, k % 2 ? "EUR" : "USD", &v) &&
+                  stats_acc_get(a, SCOPE_INFLUENCER, infl, &imp, &conv, &last) &&
+                  imp == k % 3 + 1 && conv == 0;
+            CHECKF(all, "round %d key %d", round, k);
+        }
+        int64_t imp, conv, last;
+        CHECK(!stats_acc_get(a, SCOPE_CAMPANA, "c-5000", &imp, &conv, &last));
+        stats_acc_clear(a);
+        CHECK(!stats_acc_get(a, SCOPE_CAMPANA, "c-1", &imp, &conv, &last));
+    }
+    stats_acc_free(a);
+}
+
 static void test_money_format(void)
 {
     static const struct {
@@ -555,6 +602,7 @@ int main(void)
         return 1;
     }
     test_stats_table();
+    test_stats_many_keys();
     test_money_format();
     test_apply_and_replay(dir);
     test_money_totals_merge();
