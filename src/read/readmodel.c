@@ -499,7 +499,7 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
          * no journal, no fsync until the end. Live: WAL, fsync at
          * checkpoints; the checkpoint row makes any crash safe. */
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
-                                        " PRAGMA cache_size=-65536"
+                                        " PRAGMA cache_size=-16384"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
                                         " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192",
                   e);
