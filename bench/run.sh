@@ -122,8 +122,9 @@ for n in $SCALE; do
     d=$work/s$n
     g=$("$GEN" "$d" "$n")
     rb=$("$BIN" rebuild --data "$d")
-    eps=$(sed -n 's/.*: \([0-9]*\) events\/s/\1/p' <<<"$rb")
-    row "7. rastro rebuild, $n events" "" "" "$eps events/s (generator: $g)"
+    eps=$(sed -n 's/.*: \([0-9]*\) events\/s.*/\1/p' <<<"$rb")
+    peak=$(sed -n 's/.*peak memory \([0-9]*\) MiB.*/\1/p' <<<"$rb")
+    row "7. rastro rebuild, $n events" "" "" "$eps events/s, peak RSS $peak MiB (generator: $g)"
     start_rastro "$d" "$port"
     r=$(wrk_row "$url" post.lua)
     rss=$(rss_mb "$rpid")

@@ -393,10 +393,13 @@ int service_rebuild(const struct config *cfg)
     int status = rebuild_locked(cfg, &ps, &secs);
     close(lock);
     if (status == 0) {
+        struct rusage ru;
+        long peak_kib = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : 0;
         printf("rebuilt read models from %lld events (%lld applied, %lld skipped, %lld invalid)"
-               " in %.2f s: %.0f events/s\n",
+               " in %.2f s: %.0f events/s, peak memory %ld MiB\n",
                (long long)ps.position, (long long)ps.applied, (long long)ps.skipped,
-               (long long)ps.invalid, secs, secs > 0 ? (double)ps.position / secs : 0.0);
+               (long long)ps.invalid, secs, secs > 0 ? (double)ps.position / secs : 0.0,
+               peak_kib / 1024);
     }
     return status;
 }

@@ -7,6 +7,7 @@ concurrent commands, and --help/--version.
 import http.client
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -261,6 +262,12 @@ class RebuildTest(LifecycleCase):
         cp = rastro("rebuild", "--data", data)
         self.assertEqual(cp.returncode, 0, "rastro rebuild exited %d\nstdout:%s\nstderr:%s"
                          % (cp.returncode, cp.stdout[-3000:], cp.stderr[-3000:]))
+        # what the operator is told: how many events, how fast, how much memory
+        m = re.search(r"rebuilt read models from (\d+) events .* (\d+) events/s, "
+                      r"peak memory (\d+) MiB", cp.stdout)
+        self.assertIsNotNone(m, cp.stdout)
+        self.assertEqual(int(m.group(1)), head)
+        self.assertGreater(int(m.group(3)), 0)
         self.assertEqual(events(data), log_before, "rebuild must not touch the event log")
 
         srv2 = self.start_server(data)
