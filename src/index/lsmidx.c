@@ -29,6 +29,7 @@
 
 #include "core/hash.h"
 #include "core/log.h"
+#include "core/timeutil.h"
 #include "core/xmalloc.h"
 #include "index/idindex.h"
 
@@ -453,12 +454,19 @@ static void *run_thread(void *arg)
         err_clear(&e);
         int rc = ERR_OK;
         if (frozen != NULL) {
+            int64_t t0 = time_mono_us();
+            size_t n = idindex_count(frozen);
             rc = flush_frozen(ix, frozen, max_pos, &e);
+            log_debug("index flush", "path=%s entries=%zu ms=%lld", ix->path, n,
+                      (long long)(time_mono_us() - t0) / 1000);
         }
         int64_t ids[FANOUT];
         int level;
         while (rc == ERR_OK && pick_merge(ix, ids, &level)) {
+            int64_t t0 = time_mono_us();
             rc = merge_runs(ix, ids, level, &e);
+            log_debug("index merge", "path=%s level=%d ms=%lld", ix->path, level,
+                      (long long)(time_mono_us() - t0) / 1000);
         }
         if (rc != ERR_OK && ix->bulk) {
             /* without a journal a failed write may leave half a run behind:
@@ -777,14 +785,15 @@ void lsmidx_commit(struct lsmidx *ix, int64_t upto)
         ix->active_max = upto;
     }
     maybe_freeze(ix);
-    /* Memory stays bounded: with a full memtable waiting and another four
-     * times as large, the writer waits for the flusher (a bulk rebuild can
-     * add far faster than runs are written; live ingest never gets here).
-     * The flusher also merges, and at 10M events one merge runs for
-     * seconds: with one or two memtables of slack instead of four the
-     * 10M-event rebuild took 52-55 s instead of 37-41 (saving 60-140 MiB;
-     * flushing before each next merge did not help). */
-    while (ix->frozen != NULL && idindex_count(ix->active) >= 4 * ix->memtable_max &&
+    /* Memory stays bounded: with a full memtable waiting and another as
+     * large (a rebuild) or four times as large (live ingest, which never
+     * gets here), the writer waits for the flusher. In a rebuild more
+     * slack bought nothing but larger, fewer runs: its speed at 10M events
+     * depends on whether the lists index reaches a 16M-entry merge (14 s
+     * alone), which its memtable size decides (readmodel.c), and four
+     * memtables of slack cost 60-140 MiB. */
+    size_t slack = ix->bulk ? 1 : 4;
+    while (ix->frozen != NULL && idindex_count(ix->active) >= slack * ix->memtable_max &&
            !ix->stop && !ix->failing) {
         if (!ix->warned) {
             ix->warned = true;

@@ -364,7 +364,13 @@ static int open_index(struct readmodel *rm, struct err *e)
     int bulk = rm->mode == RM_BULK ? LSMIDX_BULK : 0;
     rc = lsmidx_open(rm->ix->ids_path, memtable, bulk, &rm->ix->ids, e);
     if (rc == ERR_OK) {
-        rc = lsmidx_open(rm->ix->lists_path, memtable, LSMIDX_NO_BLOOM | bulk, &rm->ix->lists,
+        /* two entries an event (campaign and influencer): in a rebuild
+         * twice the memtable, so both indexes flush once per ~1M events
+         * and at 10M events the lists make 11 runs, not the 21 that end
+         * in a 16M-entry merge (10M rebuild 52-55 s with it, 40-41 s
+         * without, same peak memory or less) */
+        size_t lists_mt = rm->mode == RM_BULK && mt == NULL ? 2 * memtable : memtable;
+        rc = lsmidx_open(rm->ix->lists_path, lists_mt, LSMIDX_NO_BLOOM | bulk, &rm->ix->lists,
                          e);
     }
     if (rc != ERR_OK) {
