@@ -795,7 +795,7 @@ void lsmidx_commit(struct lsmidx *ix, int64_t upto)
     size_t slack = ix->bulk ? 1 : 4;
     while (ix->frozen != NULL && idindex_count(ix->active) >= slack * ix->memtable_max &&
            !ix->stop && !ix->failing) {
-        if (!ix->warned) {
+        if (!ix->warned && !ix->bulk) {     /* a rebuild waits like this by design */
             ix->warned = true;
             log_info("index flush is behind; waiting for it", "path=%s", ix->path);
         }

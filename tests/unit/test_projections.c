@@ -90,6 +90,13 @@ static void test_stats_table(void)
  * keys past the inline length live on the heap, and after a clear every
  * key is gone and can come back. Each key gets its own counts, so a slot
  * pointing at the wrong entry shows. */
+/* Key k's campaign (every 7th longer than a UUID) and influencer names. */
+static void many_keys_names(int k, char camp[80], char infl[80])
+{
+    snprintf(camp, 80, k % 7 ? "c-%d" : "campaign-with-a-long-name-%d-xxxxxxxxxx", k);
+    snprintf(infl, 80, "i-%d", k);
+}
+
 static void test_stats_many_keys(void)
 {
     enum { K = 5000 };
@@ -97,10 +104,7 @@ static void test_stats_many_keys(void)
     for (int round = 0; round < 2; round++) {
         for (int k = 0; k < K; k++) {
             char camp[80], infl[80];
-            /* every 7th campaign name is longer than a UUID */
-            snprintf(camp, sizeof(camp), k % 7 ? "c-%d" : "campaign-with-a-long-name-%d-xxxxxxxxxx",
-                     k);
-            snprintf(infl, sizeof(infl), "i-%d", k);
+            many_keys_names(k, camp, infl);
             for (int j = 0; j <= k % 3; j++) {      /* k % 3 + 1 impressions */
                 struct tracking t = mk(KIND_IMPRESION, "x", camp, infl, 0, "");
                 stats_acc_apply(a, &t, 1000 + k);
@@ -111,9 +115,7 @@ static void test_stats_many_keys(void)
         bool all = true;
         for (int k = 0; k < K && all; k++) {
             char camp[80], infl[80];
-            snprintf(camp, sizeof(camp), k % 7 ? "c-%d" : "campaign-with-a-long-name-%d-xxxxxxxxxx",
-                     k);
-            snprintf(infl, sizeof(infl), "i-%d", k);
+            many_keys_names(k, camp, infl);
             int64_t imp = -1, conv = -1, last = -1;
             __int128 v = -1;
             all = stats_acc_get(a, SCOPE_CAMPANA, camp, &imp, &conv, &last) &&
