@@ -63,6 +63,17 @@ struct stats_acc {
 
 #define SLOT_TAG(h) ((h) >> 32)
 
+/* A slot for the entry at index n with hash h, and the entry a slot holds. */
+static uint64_t slot_of(uint64_t h, size_t n)
+{
+    return (h & ~(uint64_t)UINT32_MAX) | (uint64_t)(n + 1);
+}
+
+static struct entry *slot_entry(const struct stats_acc *a, uint64_t slot)
+{
+    return &a->e[(uint32_t)slot - 1];
+}
+
 static uint64_t *new_slots(size_t n)
 {
     return xcalloc(n, sizeof(uint64_t));
@@ -132,7 +143,7 @@ static size_t find(const struct stats_acc *a, int scope, const char *key, size_t
         if (SLOT_TAG(a->slot[i]) != SLOT_TAG(h)) {
             continue;
         }
-        const struct entry *x = &a->e[(uint32_t)a->slot[i] - 1];
+        const struct entry *x = slot_entry(a, a->slot[i]);
         if (x->h == h && x->scope == scope && x->klen == klen &&
             strcmp(x->moneda, moneda) == 0 && memcmp(entry_key(x), key, klen) == 0) {
             break;
@@ -152,7 +163,7 @@ static void grow(struct stats_acc *a)
         while (a->slot[j] != 0) {
             j = (j + 1) & a->mask;
         }
-        a->slot[j] = (a->e[n].h & ~(uint64_t)UINT32_MAX) | (uint64_t)(n + 1);
+        a->slot[j] = slot_of(a->e[n].h, n);
     }
 }
 
@@ -165,7 +176,7 @@ static struct entry *get(struct stats_acc *a, int scope, const char *key, size_t
     uint64_t h = entry_hash(hk, scope, moneda);
     size_t i = find(a, scope, key, klen, moneda, h);
     if (a->slot[i] != 0) {
-        return &a->e[(uint32_t)a->slot[i] - 1];
+        return slot_entry(a, a->slot[i]);
     }
     if (a->count == a->cap) {
         a->cap *= 2;
@@ -186,7 +197,7 @@ static struct entry *get(struct stats_acc *a, int scope, const char *key, size_t
         char *p = xstrdup(key);
         memcpy(x->k, &p, sizeof(p));
     }
-    a->slot[i] = (h & ~(uint64_t)UINT32_MAX) | (uint64_t)(a->count + 1);
+    a->slot[i] = slot_of(h, a->count);
     a->count++;
     return x;
 }
@@ -335,7 +346,7 @@ static const struct entry *lookup(const struct stats_acc *a, enum rm_scope scope
     size_t klen = strlen(key);
     size_t i = find(a, (int)scope, key, klen, moneda,
                     entry_hash(name_hash(a, key, klen), (int)scope, moneda));
-    return a->slot[i] != 0 ? &a->e[(uint32_t)a->slot[i] - 1] : NULL;
+    return a->slot[i] != 0 ? slot_entry(a, a->slot[i]) : NULL;
 }
 
 bool stats_acc_get(const struct stats_acc *a, enum rm_scope scope, const char *key,
