@@ -94,12 +94,12 @@ static const char *tables_sql =
     /* rows per read model, kept with each batch (a count(*) would scan) */
     "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);";
 
-/* A rebuild's index memtables, in entries (the default is lsmidx's): each
- * flush is a run that later merges rewrite, and a rebuild adds three
- * entries an event. Measured (rebuild events/s, peak RSS): on 1M events,
- * 256K -> 1M-2M took the rebuild's CPU from 6.7 to 3.5-4.5 s; on 10M,
- * 512K 240k/s 520 MB, 1M 257k/s 640 MB, 2M 210-220k/s 1 GB. */
-#define BULK_MEMTABLE (1024u * 1024)
+/* A rebuild's index memtables, in entries (the default is lsmidx's 256K).
+ * A rebuild adds three entries an event; each flush is a run that merges
+ * rewrite. Since runs are blocks merged in C (lsmidx.c), merging is cheap
+ * and memtable size is mostly memory: on 10M events, 256K 315k/s peak 149
+ * MiB, 512K 346-360k/s 177 MiB, 1M (and 2M for the lists) 350k/s 281 MiB. */
+#define BULK_MEMTABLE (512u * 1024)
 
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
@@ -364,13 +364,7 @@ static int open_index(struct readmodel *rm, struct err *e)
     int bulk = rm->mode == RM_BULK ? LSMIDX_BULK : 0;
     rc = lsmidx_open(rm->ix->ids_path, memtable, bulk, &rm->ix->ids, e);
     if (rc == ERR_OK) {
-        /* two entries an event (campaign and influencer): in a rebuild
-         * twice the memtable, so both indexes flush once per ~1M events
-         * and at 10M events the lists make 11 runs, not the 21 that end
-         * in a 16M-entry merge (10M rebuild 52-55 s with it, 40-41 s
-         * without, same peak memory or less) */
-        size_t lists_mt = rm->mode == RM_BULK && mt == NULL ? 2 * memtable : memtable;
-        rc = lsmidx_open(rm->ix->lists_path, lists_mt, LSMIDX_NO_BLOOM | bulk, &rm->ix->lists,
+        rc = lsmidx_open(rm->ix->lists_path, memtable, LSMIDX_NO_BLOOM | bulk, &rm->ix->lists,
                          e);
     }
     if (rc != ERR_OK) {

@@ -258,6 +258,56 @@ static void test_bulk_write_fails(const char *dir)
     lsmidx_close(ix);
 }
 
+/* A file in the first format (a row per entry in lsm_keys) is emptied on
+ * open, so its owner re-indexes from the log; a format this build does not
+ * know is refused with a message that says what to do. */
+static void test_old_formats(const char *dir)
+{
+    char path[300];
+    snprintf(path, sizeof(path), "%s/first-format.idx", dir);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db,
+                       "CREATE TABLE lsm_meta(k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
+                       "CREATE TABLE lsm_runs(run INTEGER PRIMARY KEY, level INTEGER NOT NULL,"
+                       " count INTEGER NOT NULL, max_pos INTEGER NOT NULL, bloom BLOB NOT NULL,"
+                       " bloom_k INTEGER NOT NULL);"
+                       "CREATE TABLE lsm_keys(run INTEGER NOT NULL, h INTEGER NOT NULL,"
+                       " pos INTEGER NOT NULL, PRIMARY KEY(run, h, pos)) WITHOUT ROWID;"
+                       "INSERT INTO lsm_meta VALUES('key0', 1), ('key1', 2), ('flushed', 500);"
+                       "INSERT INTO lsm_runs VALUES(1, 0, 1, 500, zeroblob(8), 7);"
+                       "INSERT INTO lsm_keys VALUES(1, 42, 500);",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    struct err e;
+    struct lsmidx *ix = NULL;
+    CHECKF(lsmidx_open(path, 32, 0, &ix, &e) == ERR_OK, "open: %s", e.msg);
+    if (ix == NULL) {
+        return;
+    }
+    struct lsmidx_stats st;
+    lsmidx_get_stats(ix, &st);
+    CHECKF(st.flushed == 0 && st.runs == 0, "flushed %lld, runs %zu", (long long)st.flushed,
+           st.runs);
+    lsmidx_close(ix);
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    CHECK(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM sqlite_master WHERE name='lsm_keys'),"
+                                 " (SELECT v FROM lsm_meta WHERE k='format')", -1, &q,
+                             NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0) == 0 &&
+          sqlite3_column_int(q, 1) == 2);
+    sqlite3_finalize(q);
+    CHECK(sqlite3_exec(db, "UPDATE lsm_meta SET v = 99 WHERE k = 'format'", NULL, NULL, NULL) ==
+          SQLITE_OK);
+    sqlite3_close(db);
+    ix = NULL;
+    err_clear(&e);
+    CHECK(lsmidx_open(path, 32, 0, &ix, &e) != ERR_OK && ix == NULL);
+    CHECKF(strstr(e.msg, "format 99") != NULL && strstr(e.msg, "rebuilt from the log") != NULL,
+           "says why: %s", e.msg);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/rastro-index-XXXXXX";
@@ -373,6 +423,7 @@ int main(void)
     test_ranges(dir, "bloom-bulk", LSMIDX_BULK);
     test_flusher_blocked(dir);
     test_bulk_write_fails(dir);
+    test_old_formats(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) {
