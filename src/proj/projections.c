@@ -14,6 +14,7 @@ const size_t proj_count = sizeof(proj_names) / sizeof(proj_names[0]);
 
 void proj_decode(const struct event_rec *ev, struct proj_decoded *d)
 {
+    d->hinted = false;
     d->position = ev->position;
     d->recorded_at_us = ev->recorded_at_us;
     enum event_type type = event_type_parse(ev->type);
@@ -52,7 +53,11 @@ int proj_apply_decoded(struct readmodel *rm, struct stats_acc *acc, const struct
     if (rc != ERR_OK) {
         return rc;
     }
-    stats_acc_apply(acc, &d->t, d->recorded_at_us);
+    if (d->hinted) {
+        stats_acc_apply_hinted(acc, &d->t, d->recorded_at_us, &d->hint);
+    } else {
+        stats_acc_apply(acc, &d->t, d->recorded_at_us);
+    }
     c->applied++;
     return ERR_OK;
 }

@@ -35,6 +35,8 @@ struct proj_decoded {
     char label[256];            /* skipped-table label: the type (at most 200 bytes of
                                  * it), or "<type>:invalid" */
     struct tracking t;          /* PROJ_OK */
+    bool hinted;                /* hint holds the statistics' hashes of t's names */
+    struct stats_hint hint;
 };
 
 /* Decodes ev into d (logging data that does not decode). Thread-safe. */

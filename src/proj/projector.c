@@ -143,10 +143,20 @@ struct pipe {
     struct err e;
 };
 
+struct decode_arg {
+    struct chunk *c;
+    const struct stats_acc *acc;
+};
+
 static int decode_cb(const struct event_rec *ev, void *arg)
 {
-    struct chunk *c = arg;
-    proj_decode(ev, &c->d[c->n++]);
+    struct decode_arg *a = arg;
+    struct proj_decoded *d = &a->c->d[a->c->n++];
+    proj_decode(ev, d);
+    if (d->status == PROJ_OK) {     /* the names' hashes here, off the applier's thread */
+        stats_acc_hint(a->acc, &d->t, &d->hint);
+        d->hinted = true;
+    }
     return 0;
 }
 
@@ -170,7 +180,8 @@ static void *pipe_run(void *arg)
         pthread_mutex_unlock(&q->mu);
         c->n = 0;
         int64_t max = p->stop_at - next + 1 < CHUNK ? p->stop_at - next + 1 : CHUNK;
-        int rc = max > 0 ? evstore_read(p->store, next, (size_t)max, decode_cb, c, &e) : 0;
+        struct decode_arg da = { .c = c, .acc = p->acc };
+        int rc = max > 0 ? evstore_read(p->store, next, (size_t)max, decode_cb, &da, &e) : 0;
         pthread_mutex_lock(&q->mu);
         if (rc < 0) {
             q->rc = rc;
@@ -222,6 +233,17 @@ static void pipe_stop(struct pipe *q)
     pthread_mutex_destroy(&q->mu);
 }
 
+/* How many events ahead of the one being applied the statistics' entries
+ * are prefetched (their slots twice as far ahead). */
+#define PREFETCH_AHEAD 4
+
+static void prefetch_stats(const struct projector *p, const struct chunk *c, size_t i, int stage)
+{
+    if (i < c->n && c->d[i].hinted) {
+        stats_acc_prefetch(p->acc, &c->d[i].t, &c->d[i].hint, stage);
+    }
+}
+
 /* Applies whole chunks until at least max events or the end; returns like
  * evstore_read(): ERR_OK, 1 when apply_one() stopped, or the reader's error. */
 static int pipe_apply(struct pipe *q, struct projector *p, int64_t max, struct err *e)
@@ -244,6 +266,8 @@ static int pipe_apply(struct pipe *q, struct projector *p, int64_t max, struct e
         pthread_mutex_unlock(&q->mu);
         bool stop = false;
         for (size_t i = 0; i < c->n && !stop; i++) {
+            prefetch_stats(p, c, i + 2 * PREFETCH_AHEAD, 1);
+            prefetch_stats(p, c, i + PREFETCH_AHEAD, 2);
             stop = apply_one(p, &c->d[i]) != 0;
         }
         n += (int64_t)c->n;

@@ -202,11 +202,10 @@ static struct entry *get(struct stats_acc *a, int scope, const char *key, size_t
     return x;
 }
 
-static void apply_scope(struct stats_acc *a, int scope, const char *key,
+static void apply_scope(struct stats_acc *a, int scope, const char *key, uint64_t hk,
                         const struct tracking *t, int64_t recorded_at_us)
 {
     size_t klen = strlen(key);
-    uint64_t hk = name_hash(a, key, klen);
     struct entry *x = get(a, scope, key, klen, hk, "");
     if (t->kind == KIND_IMPRESION) {
         x->imp++;
@@ -223,12 +222,69 @@ static void apply_scope(struct stats_acc *a, int scope, const char *key,
     }
 }
 
+void stats_acc_hint(const struct stats_acc *a, const struct tracking *t, struct stats_hint *h)
+{
+    h->campana = name_hash(a, t->campana_id, strlen(t->campana_id));
+    h->influencer = name_hash(a, t->influencer_id, strlen(t->influencer_id));
+}
+
+/* Where an entry of a name would be looked up first: its slot, and the
+ * entry that slot (or the next with the same tag) points at. Always
+ * inlined: GCC treats a function that only loads and prefetches as pure,
+ * and drops calls to it whose result (void) nobody uses, prefetches and
+ * all (it did: stats_acc_prefetch compiled to a bare ret). */
+__attribute__((always_inline)) static inline void prefetch_entry(const struct stats_acc *a, int scope, uint64_t hk, const char *moneda,
+                           int stage)
+{
+    uint64_t h = entry_hash(hk, scope, moneda);
+    size_t i = (size_t)h & a->mask;
+    if (stage == 1) {
+        __builtin_prefetch(&a->slot[i]);
+        return;
+    }
+    for (int probes = 0; a->slot[i] != 0 && probes < 4; i = (i + 1) & a->mask, probes++) {
+        if (SLOT_TAG(a->slot[i]) == SLOT_TAG(h)) {
+            const char *x = (const char *)slot_entry(a, a->slot[i]);
+            __builtin_prefetch(x);
+            __builtin_prefetch(x + 64);
+            return;
+        }
+    }
+}
+
+__attribute__((always_inline)) static inline void prefetch_name(
+    const struct stats_acc *a, int scope, uint64_t hk,
+                          const struct tracking *t, int stage)
+{
+    prefetch_entry(a, scope, hk, "", stage);
+    if (t->kind == KIND_CONVERSION) {
+        prefetch_entry(a, scope, hk, t->moneda, stage);
+    }
+}
+
+void stats_acc_prefetch(const struct stats_acc *a, const struct tracking *t,
+                        const struct stats_hint *h, int stage)
+{
+    prefetch_name(a, SCOPE_CAMPANA, h->campana, t, stage);
+    if (t->influencer_id[0] != '\0') {
+        prefetch_name(a, SCOPE_INFLUENCER, h->influencer, t, stage);
+    }
+}
+
+void stats_acc_apply_hinted(struct stats_acc *a, const struct tracking *t, int64_t recorded_at_us,
+                            const struct stats_hint *h)
+{
+    apply_scope(a, SCOPE_CAMPANA, t->campana_id, h->campana, t, recorded_at_us);
+    if (t->influencer_id[0] != '\0') {
+        apply_scope(a, SCOPE_INFLUENCER, t->influencer_id, h->influencer, t, recorded_at_us);
+    }
+}
+
 void stats_acc_apply(struct stats_acc *a, const struct tracking *t, int64_t recorded_at_us)
 {
-    apply_scope(a, SCOPE_CAMPANA, t->campana_id, t, recorded_at_us);
-    if (t->influencer_id[0] != '\0') {
-        apply_scope(a, SCOPE_INFLUENCER, t->influencer_id, t, recorded_at_us);
-    }
+    struct stats_hint h;
+    stats_acc_hint(a, t, &h);
+    stats_acc_apply_hinted(a, t, recorded_at_us, &h);
 }
 
 void stats_acc_each_key(const struct stats_acc *a,
