@@ -497,11 +497,17 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
     if (mode == RM_WRITER || mode == RM_BULK) {
         /* Bulk (rebuild into a fresh file that is discarded on failure):
          * no journal, no fsync until the end. Live: WAL, fsync at
-         * checkpoints; the checkpoint row makes any crash safe. */
+         * checkpoints; the checkpoint row makes any crash safe. A
+         * checkpoint every 2,048 pages (8 MiB), not 8,192: its fsync of
+         * the read models shares the disk with the committer's fdatasync,
+         * and 32 MiB at a time held commits up: conversion POSTs' p99
+         * 11.2 -> 7.2-8.1 ms, impressions' p99.9 18-20 -> 11-15 ms, lag
+         * p99 81 -> 70-72 ms at half load, same rates (three pairs each;
+         * 1,024 pages: same p99, 10 % more bytes written). */
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         " PRAGMA cache_size=-16384"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                        " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=8192",
+                                        " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=2048",
                   e);
         if (rc == ERR_OK &&
             sqlite3_create_function(rm->db, "rastro_merge_valores", 2,
