@@ -7,6 +7,8 @@
 #   BENCH_CONNS     connections (default 64)
 #   BENCH_SCALE     events for the scale rows: "1000000 10000000" (default)
 #   BENCH_ONLY=9    only rows 1 and 9 (the stores and the distributed topology)
+#   BENCH_HTTP_THREADS  rastro serve --threads for rows 1b-8 (default 1: wrk
+#                   takes one of the two cores; BENCHMARKS.md, sixth session)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -15,6 +17,7 @@ GEN=${GEN:-$root/build/rastro-gen}
 SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNS:-64}
 SCALE=${BENCH_SCALE:-"1000000 10000000"}
+HTTP_THREADS=${BENCH_HTTP_THREADS:-1}
 export RASTRO_BENCH_DIR=$here
 work=$(mktemp -d /tmp/rastro-bench-XXXXXX)
 pids=()
@@ -48,7 +51,7 @@ rows=()
 row() { rows+=("$1"$'\x1f'"$2"$'\x1f'"$3"$'\x1f'"$4"); }
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t1 -c$CONNS -d${SECS}s" >&2
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t1 -c$CONNS -d${SECS}s; rastro serve --threads $HTTP_THREADS" >&2
 
 # 1. nginx: this machine's HTTP ceiling, measured first and again last; the
 # higher of the two is the ceiling every ratio divides by (the conservative
@@ -78,7 +81,7 @@ if [ -z "${BENCH_ONLY:-}" ]; then
 # 2-6 against one fresh server
 port=$(free_port)
 data=$work/live
-start_rastro "$data" "$port"
+start_rastro "$data" "$port" --threads "$HTTP_THREADS"
 url=http://127.0.0.1:$port
 r=$(wrk_row "$url" get.lua RASTRO_GET=health)
 row "1b. rastro GET /tracking/health (libmicrohttpd ceiling)" "$(field rps "$r")" "$(field p99_ms "$r")" ""
@@ -114,7 +117,7 @@ stop_pid "$rpid"
 # 7-8: scale, on events generated straight into the store
 small=$work/s100k
 "$GEN" "$small" 100000 >/dev/null
-start_rastro "$small" "$port"
+start_rastro "$small" "$port" --threads "$HTTP_THREADS"
 r=$(wrk_row "$url" post.lua)
 base_rps=$(field rps "$r")
 stop_pid "$rpid"
@@ -125,7 +128,7 @@ for n in $SCALE; do
     eps=$(sed -n 's/.*: \([0-9]*\) events\/s.*/\1/p' <<<"$rb")
     peak=$(sed -n 's/.*peak memory \([0-9]*\) MiB.*/\1/p' <<<"$rb")
     row "7. rastro rebuild, $n events" "" "" "$eps events/s, peak RSS $peak MiB (generator: $g)"
-    start_rastro "$d" "$port"
+    start_rastro "$d" "$port" --threads "$HTTP_THREADS"
     r=$(wrk_row "$url" post.lua)
     rss=$(rss_mb "$rpid")
     stop_pid "$rpid"
