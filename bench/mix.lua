@@ -1,11 +1,21 @@
--- 90% reads (campaign statistics) and 10% durable impression POSTs.
+-- 90% reads (campaign statistics) and 10% durable impression POSTs. The
+-- GETs are formatted once, in init(), as in get.lua; each POST is built
+-- per request (its id must be new).
 local dir = os.getenv("RASTRO_BENCH_DIR")
 dofile(dir .. "/post.lua")
 local post = make_post
+local gets = {}
+
+function init(args)
+  seed_rng()
+  for c = 1, 10000 do
+    gets[c] = wrk.format("GET", "/tracking/queries/campa%C3%B1as/camp-" .. c .. "/estadisticas")
+  end
+end
 
 request = function()
   if math.random(1, 10) == 1 then
     return post()
   end
-  return wrk.format("GET", "/tracking/queries/campa%C3%B1as/camp-" .. math.random(1, 10000) .. "/estadisticas")
+  return gets[math.random(1, #gets)]
 end
