@@ -7,15 +7,17 @@
  *
  *   adds      go to an in-memory table (the memtable, open addressing);
  *   flush     when it holds memtable_max entries it is frozen and a
- *             background thread writes it, sorted, as a new run: sequential
- *             appends to one B-tree, a few bytes per entry;
- *   merge     when a level holds FANOUT runs they are merged into one run of
- *             the next level, so a lookup touches a handful of runs;
+ *             background thread writes it, sorted, as a new run: a row per
+ *             block of up to 240 entries, appended at the B-trees' edge;
+ *   merge     when a level holds FANOUT runs they are merged (in C, block
+ *             by block) into one run of the next level, so a lookup touches
+ *             a handful of runs;
  *   lookups   check the memtables and every run's bloom filter (about 10
  *             bits an entry, kept in memory and in the file); only when a
- *             filter lets the key through, one SQL statement (one snapshot,
- *             so a concurrent merge can never hide an entry) reads the runs
- *             that may hold it. A key that is nowhere costs no SQL.
+ *             filter lets the key through, one read transaction (one
+ *             snapshot, so a concurrent merge can never hide an entry)
+ *             reads the blocks that may hold it. A key that is nowhere
+ *             costs no SQL.
  *
  * Like every read model it is derived from the log: lsmidx_flushed() says
  * up to which position the file is complete, and the owner re-adds the

@@ -64,6 +64,18 @@ static void *reader(void *p)
     return NULL;
 }
 
+/* Opens dir/name.idx, its path left in path; NULL (and a failed check)
+ * if it does not open. */
+static struct lsmidx *open_in(const char *dir, const char *name, size_t memtable, int flags,
+                              char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/%s.idx", dir, name);
+    struct err e;
+    struct lsmidx *ix = NULL;
+    CHECKF(lsmidx_open(path, memtable, flags, &ix, &e) == ERR_OK, "%s: %s", path, e.msg);
+    return ix;
+}
+
 /* Lists: one key holding many positions, read newest first in pages that
  * cross the memtables and several runs. With and without bloom filters,
  * written as a server does or as a rebuild does (LSMIDX_BULK), then
@@ -71,10 +83,8 @@ static void *reader(void *p)
 static void test_ranges(const char *dir, const char *name, int flags)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/%s.idx", dir, name);
     struct err e;
-    struct lsmidx *ix = NULL;
-    CHECK(lsmidx_open(path, 50, flags, &ix, &e) == ERR_OK);
+    struct lsmidx *ix = open_in(dir, name, 50, flags, path, sizeof(path));
     if (ix == NULL) {
         return;
     }
@@ -184,10 +194,8 @@ static void test_ranges(const char *dir, const char *name, int flags)
 static void test_flusher_blocked(const char *dir)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/b.idx", dir);
     struct err e;
-    struct lsmidx *ix = NULL;
-    CHECK(lsmidx_open(path, 32, 0, &ix, &e) == ERR_OK);
+    struct lsmidx *ix = open_in(dir, "b", 32, 0, path, sizeof(path));
     if (ix == NULL) {
         return;
     }
@@ -232,10 +240,8 @@ static void test_flusher_blocked(const char *dir)
 static void test_bulk_write_fails(const char *dir)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/bulk-fail.idx", dir);
     struct err e;
-    struct lsmidx *ix = NULL;
-    CHECK(lsmidx_open(path, 32, LSMIDX_BULK, &ix, &e) == ERR_OK);
+    struct lsmidx *ix = open_in(dir, "bulk-fail", 32, LSMIDX_BULK, path, sizeof(path));
     if (ix == NULL) {
         return;
     }
@@ -315,10 +321,8 @@ static void test_old_formats(const char *dir)
 static void test_busy_bucket(const char *dir)
 {
     char path[300];
-    snprintf(path, sizeof(path), "%s/busy.idx", dir);
     struct err e;
-    struct lsmidx *ix = NULL;
-    CHECK(lsmidx_open(path, 4096, 0, &ix, &e) == ERR_OK);
+    struct lsmidx *ix = open_in(dir, "busy", 4096, 0, path, sizeof(path));
     if (ix == NULL) {
         return;
     }
