@@ -225,7 +225,9 @@ static void apply_scope(struct stats_acc *a, int scope, const char *key, uint64_
 void stats_acc_hint(const struct stats_acc *a, const struct tracking *t, struct stats_hint *h)
 {
     h->campana = name_hash(a, t->campana_id, strlen(t->campana_id));
-    h->influencer = name_hash(a, t->influencer_id, strlen(t->influencer_id));
+    h->influencer = t->influencer_id[0] != '\0'
+                        ? name_hash(a, t->influencer_id, strlen(t->influencer_id))
+                        : 0;    /* not read: every use checks influencer_id first */
 }
 
 /* Where an entry of a name would be looked up first: its slot, and the
