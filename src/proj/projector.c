@@ -466,8 +466,16 @@ static void *run(void *arg)
             pthread_mutex_lock(&p->mu);
             bool waiting = p->waiters != NULL;
             pthread_mutex_unlock(&p->mu);
-            if (!waiting) {
-                bus_wait(p->bus, INT64_MAX, COALESCE_MS);
+            /* measured from the batch's start, not its end: batches
+             * start every COALESCE_MS, so an event waits at most about one
+             * window and one batch (ending the wait after the batch
+             * counted the batch's time twice). Same-minute pairs: lag p99
+             * at half load 71-73 -> 63-65 ms, full-load p99 6.7-9.4 ms
+             * either way. Tried before the read models' checkpoints were
+             * made smaller, it cost ~2 ms of full-load p99 and was left out. */
+            int64_t left_ms = COALESCE_MS - (time_mono_us() - started) / 1000;
+            if (!waiting && left_ms > 0) {
+                bus_wait(p->bus, INT64_MAX, (int)left_ms);
             }
             continue;
         }
