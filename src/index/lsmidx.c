@@ -242,6 +242,17 @@ static int64_t entry_pos(const unsigned char *d, size_t i)
     return (int64_t)get64(d + i * ENTRY_BYTES + 8);
 }
 
+/* The entries in a block of `bytes` bytes, in *n; an error if that is not
+ * a whole number of entries between one and a block's worth. */
+static int block_entries(int bytes, const char *path, size_t *n, struct err *e)
+{
+    if (bytes <= 0 || bytes > BLOCK_BYTES || bytes % ENTRY_BYTES != 0) {
+        return err_set(e, ERR_STATE, "index %s: a block of %d bytes", path, bytes);
+    }
+    *n = (size_t)bytes / ENTRY_BYTES;
+    return ERR_OK;
+}
+
 /* Entries are ordered as SQLite orders the signed integers of the rows. */
 static int cmp_entry(int64_t ha, int64_t pa, int64_t hb, int64_t pb)
 {
@@ -265,11 +276,11 @@ struct block_writer {
 
 static int bw_open(struct lsmidx *ix, struct block_writer *w, struct run *r, struct err *e)
 {
-    memset(w, 0, offsetof(struct block_writer, buf));
-    w->ix = ix;
+    w->ix = ix;             /* buf is not cleared: n says how much of it is used */
+    w->ins = NULL;
     w->run = r;
     w->n = 0;
-    w->any = false;
+    w->any = false;         /* last_h and last_pos are read only once it is set */
     if (ix->no_bloom) {
         bloom_init_all(&r->bl);
     } else {
@@ -420,11 +431,6 @@ static int set_flushed(sqlite3 *db, int64_t pos, const char *path, struct err *e
     return exec(db, sql, path, e);
 }
 
-static bool pair_less(const struct pair *a, const struct pair *b)
-{
-    return cmp_pair(a, b) < 0;
-}
-
 /*
  * Sorts a flush's pairs in entry order. Hashes are uniform, so one
  * counting pass on their top bits (sign flipped: unsigned order of the
@@ -467,7 +473,7 @@ static struct pair *sort_pairs(struct pair *p, size_t n)
         for (size_t i = 1; i < m; i++) {
             struct pair x = v[i];
             size_t j = i;
-            for (; j > 0 && pair_less(&x, &v[j - 1]); j--) {
+            for (; j > 0 && cmp_pair(&x, &v[j - 1]) < 0; j--) {
                 v[j] = v[j - 1];
             }
             v[j] = x;
@@ -555,12 +561,13 @@ static int cursor_next_block(struct lsmidx *ix, struct run_cursor *c, struct err
     if (s != SQLITE_ROW) {
         return err_set(e, ERR_IO, "index %s: %s", ix->path, sql_err(ix->wdb));
     }
-    if (bytes <= 0 || bytes > BLOCK_BYTES || bytes % ENTRY_BYTES != 0) {
-        return err_set(e, ERR_STATE, "index %s: a block of %d bytes", ix->path, bytes);
+    size_t n = 0;
+    int rc = block_entries(bytes, ix->path, &n, e);
+    if (rc == ERR_OK) {
+        memcpy(c->buf, sqlite3_column_blob(c->st, 0), (size_t)bytes);
+        c->n = n;
     }
-    memcpy(c->buf, sqlite3_column_blob(c->st, 0), (size_t)bytes);
-    c->n = (size_t)bytes / ENTRY_BYTES;
-    return ERR_OK;
+    return rc;
 }
 
 static int64_t runs_max_pos(struct lsmidx *ix, const char *in)
@@ -1142,12 +1149,12 @@ static int scan_run(struct lsmidx_reader *r, int64_t run, uint64_t h, int64_t up
             break;          /* the block starts past h: h is not in this run */
         }
         const unsigned char *d = sqlite3_column_blob(r->blocks, 1);
-        int bytes = sqlite3_column_bytes(r->blocks, 1);
-        if (bytes <= 0 || bytes > BLOCK_BYTES || bytes % ENTRY_BYTES != 0) {
-            rc = err_set(e, ERR_STATE, "index %s: a block of %d bytes", r->ix->path, bytes);
+        size_t n = 0;
+        rc = block_entries(sqlite3_column_bytes(r->blocks, 1), r->ix->path, &n, e);
+        if (rc != ERR_OK) {
             break;
         }
-        size_t n = (size_t)bytes / ENTRY_BYTES, lo = 0, hi = n;
+        size_t lo = 0, hi = n;
         while (lo < hi) {           /* the first entry not below h */
             size_t mid = lo + (hi - lo) / 2;
             if (entry_h(d, mid) < sh) {
