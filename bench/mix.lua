@@ -1,6 +1,6 @@
 -- 90% reads (campaign statistics) and 10% durable impression POSTs. The
--- GETs are formatted once, in init(), as in get.lua; each POST is built
--- per request (its id must be new).
+-- GETs are formatted once, in init(), as in get.lua; each POST's body is
+-- built per request (its id must be new), as in post.lua.
 local dir = os.getenv("RASTRO_BENCH_DIR")
 dofile(dir .. "/post.lua")
 local post = make_post
@@ -8,6 +8,7 @@ local gets = {}
 
 function init(args)
   seed_rng()
+  post_init()
   for c = 1, 10000 do
     gets[c] = wrk.format("GET", "/tracking/queries/campa%C3%B1as/camp-" .. c .. "/estadisticas")
   end
