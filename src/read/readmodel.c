@@ -28,7 +28,7 @@ enum stmt_id {
     S_INS_IMP, S_INS_CONV,
     S_STATS_ADD, S_SKIP,
     S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
-    S_STATS_GET, S_POSITION,
+    S_STATS_GET, S_POSITION, S_BEGIN, S_COMMIT,
     S__COUNT
 };
 
@@ -71,6 +71,10 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_STATS_GET] = "SELECT impresiones, conversiones, ultima, valores FROM stats"
                     " WHERE scope=? AND key=?",
     [S_POSITION] = "SELECT coalesce(min(position), 0) FROM checkpoints",
+    /* a query's read transaction: prepared once, not parsed per query
+     * (sqlite3_exec was 10 % of a by-id miss) */
+    [S_BEGIN] = "BEGIN",
+    [S_COMMIT] = "COMMIT",
 };
 
 static const char *tables_sql =
@@ -747,12 +751,23 @@ int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct e
 
 int rm_read_begin(struct readmodel *rm, struct err *e)
 {
-    return exec(rm, "BEGIN", e);
+    sqlite3_stmt *st = stmt(rm, S_BEGIN, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    int r = sqlite3_step(st);
+    sqlite3_reset(st);
+    return r == SQLITE_DONE ? ERR_OK : db_err(rm, e, "beginning a read");
 }
 
 void rm_read_end(struct readmodel *rm)
 {
-    sqlite3_exec(rm->db, "COMMIT", NULL, NULL, NULL);
+    struct err ignore;
+    sqlite3_stmt *st = stmt(rm, S_COMMIT, &ignore);
+    if (st != NULL) {
+        sqlite3_step(st);
+        sqlite3_reset(st);
+    }
 }
 
 static void col_str(struct jsonw *w, const char *k, sqlite3_stmt *st, int i)

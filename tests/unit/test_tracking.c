@@ -1,6 +1,10 @@
 /*
  * test_tracking.c - every validation rule of the domain, one table row each.
  */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
 #include <stdlib.h>
 
 #include "check.h"
@@ -246,6 +250,10 @@ static void test_time(void)
         { "2024-02-29T00:00:00Z", true, "2024-02-29T00:00:00.000000Z" },
         { "2026-11-28T10:15:00.123456789Z", true, "2026-11-28T10:15:00.123456Z" },
         { "1970-01-01T00:00:00Z", true, "1970-01-01T00:00:00.000000Z" },
+        { "1969-12-31T23:59:59.999999Z", true, "1969-12-31T23:59:59.999999Z" },
+        { "0001-01-01T00:00:00Z", true, "0001-01-01T00:00:00.000000Z" },
+        { "9999-12-31T23:59:59.999999Z", true, "9999-12-31T23:59:59.999999Z" },
+        { "2000-02-29T12:34:56.000789Z", true, "2000-02-29T12:34:56.000789Z" },
         { "2025-02-29T00:00:00Z", false, NULL },
         { "2026-13-01T00:00:00Z", false, NULL },
         { "2026-11-28T24:00:00Z", false, NULL },
@@ -265,6 +273,34 @@ static void test_time(void)
             time_format_iso8601(us, out);
             CHECK_STR(out, cases[i].canon);
         }
+    }
+}
+
+/* The formatter writes its digits by hand: compared with gmtime_r and
+ * snprintf over years 1..9999, both sides of 1970. */
+static void test_format_matches_gmtime(void)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    const int64_t lo = -62135596800LL * 1000000;     /* 0001-01-01 */
+    const int64_t span = 253402300800LL * 1000000 - lo;  /* .. 10000-01-01 */
+    for (int i = 0; i < 20000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        int64_t us = lo + (int64_t)(x % (uint64_t)span);
+        char got[TS_STR_LEN + 1], want[64];
+        time_format_iso8601(us, got);
+        int64_t secs = us / 1000000, rem = us % 1000000;
+        if (rem < 0) {
+            rem += 1000000;
+            secs--;
+        }
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)rem);
+        CHECKF(strcmp(got, want) == 0, "%lld: got %s want %s", (long long)us, got, want);
     }
 }
 
@@ -304,6 +340,7 @@ int main(void)
     test_defaults_and_roundtrip();
     test_valor();
     test_time();
+    test_format_matches_gmtime();
     test_text_and_currency();
     return check_done("test_tracking");
 }
