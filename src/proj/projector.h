@@ -1,15 +1,18 @@
 /*
  * projector.h - keeps the read models up to date from the event store, on
- * its own thread, never on the request path.
+ * its own threads, never on the request path: a batch thread at the lowest
+ * priority, which takes the CPU the request path leaves, and a catch-up
+ * thread at normal priority for readers waiting on a position and for a
+ * backlog older than half a second (projector.c).
  *
- * It reads events after its checkpoint in batches (up to 2,000), applies
+ * It reads events after its checkpoint in batches (up to 8,192), applies
  * them to every projection in one read-model transaction that also writes
  * the new checkpoint, so a crash never counts an event twice or skips one.
  * It wakes when the bus announces a new head, and polls every 100 ms in
  * case another process appended.
  *
  * Waiters (read-your-writes: ?min_position=N) are woken when the position
- * reaches their minimum or their deadline passes; wake() runs on the
+ * reaches their minimum or their deadline passes; wake() runs on a
  * projector thread and must not block.
  * Thread-safety: all functions may be called from any thread.
  */

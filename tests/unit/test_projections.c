@@ -3,13 +3,17 @@
  * a throwaway read-model file: table-driven, and the replay rule (one batch
  * or one event at a time must give the same read models).
  */
+#include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bus/bus.h"
 #include "check.h"
 #include "core/buf.h"
+#include "core/timeutil.h"
 #include "proj/projections.h"
 #include "proj/projector.h"
 #include "proj/stats.h"
@@ -612,6 +616,91 @@ static void test_bulk_equals_live(const char *dir)
     }
 }
 
+static atomic_bool hogs_stop;
+
+static void *hog(void *arg)
+{
+    (void)arg;
+    volatile uint64_t n = 0;
+    while (!atomic_load_explicit(&hogs_stop, memory_order_relaxed)) {
+        n++;
+    }
+    return NULL;
+}
+
+/*
+ * The live projector's batch thread runs at the lowest priority; with every
+ * CPU busy at normal priority it gets next to nothing, and the catch-up
+ * thread must then apply the events itself once they are URGENT_MS old.
+ * Measured here with two busy threads a CPU: without it this backlog took
+ * over 15 s (and 11 s with one busy thread a CPU); with it, 2-3 s. The
+ * busy threads stop when the test does (15 s at most).
+ */
+static void test_starved_batch_thread(const char *dir)
+{
+    enum { N = 30000, CHUNK_EV = 500 };
+    char store_dir[300], path[400];
+    snprintf(store_dir, sizeof(store_dir), "%s/starve", dir);
+    CHECK(mkdir(store_dir, 0755) == 0);
+    snprintf(path, sizeof(path), "%s/readmodels.db", store_dir);
+    struct evstore *s = NULL;
+    struct err e;
+    CHECK(evstore_open(NULL, store_dir, 0, &s, &e) == ERR_OK);
+    if (s == NULL) {
+        return;
+    }
+    static char data[CHUNK_EV][200];
+    static char sid[CHUNK_EV][48];
+    struct event_in ev[CHUNK_EV];
+    struct append_out out[CHUNK_EV];
+    for (int base = 0; base < N; base += CHUNK_EV) {
+        for (int j = 0; j < CHUNK_EV; j++) {
+            int i = base + j;
+            snprintf(sid[j], sizeof(sid[j]), "impresion:s%d", i);
+            snprintf(data[j], sizeof(data[j]),
+                     "{\"id\":\"s%d\",\"campana_id\":\"c%d\",\"influencer_id\":\"i%d\","
+                     "\"timestamp\":\"2026-01-01T00:00:00Z\"}", i, i % 100, i % 1000);
+            ev[j] = (struct event_in){ .stream_id = sid[j], .expected_version = EVSTORE_NO_STREAM,
+                                       .type = "ImpresionRegistrada", .schema_version = 1,
+                                       .recorded_at_us = 1764324900000000LL + i,
+                                       .data = data[j], .metadata = "{}" };
+            uuid_v4(&ev[j].event_id);
+        }
+        CHECK(evstore_append(s, ev, CHUNK_EV, out, &e) == ERR_OK);
+    }
+    evstore_close(s);
+
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nhogs = ncpu > 0 && ncpu < 32 ? 2 * (int)ncpu : 4;   /* two a CPU */
+    pthread_t hogs[64];
+    atomic_store(&hogs_stop, false);
+    for (int i = 0; i < nhogs; i++) {
+        CHECK(pthread_create(&hogs[i], NULL, hog, NULL) == 0);
+    }
+    struct bus *bus = bus_local_new(N);
+    struct projector *p = NULL;
+    CHECK(projector_new(NULL, store_dir, path, bus, 0, &p, &e) == ERR_OK);
+    int64_t t0 = time_mono_us();
+    if (p != NULL) {
+        CHECK(projector_start(p, &e) == ERR_OK);
+        while (projector_position(p) < N && time_mono_us() - t0 < 15 * 1000000LL) {
+            usleep(10 * 1000);
+        }
+    }
+    int64_t took_ms = (time_mono_us() - t0) / 1000;
+    atomic_store(&hogs_stop, true);
+    for (int i = 0; i < nhogs; i++) {
+        pthread_join(hogs[i], NULL);
+    }
+    CHECKF(p != NULL && projector_position(p) == N, "%lld of %d events applied in %lld ms "
+           "with %d busy threads", p != NULL ? (long long)projector_position(p) : -1LL, N,
+           (long long)took_ms, nhogs);
+    fprintf(stderr, "starved batch thread: %d events applied in %lld ms beside %d busy threads\n",
+            N, (long long)took_ms, nhogs);
+    projector_free(p);
+    bus_close(bus);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/rastro-proj-XXXXXX";
@@ -626,6 +715,7 @@ int main(void)
     test_money_totals_in_db(dir);
     test_flush_groups_by_key(dir);
     test_bulk_equals_live(dir);
+    test_starved_batch_thread(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) {
