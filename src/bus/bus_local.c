@@ -77,10 +77,6 @@ struct bus *bus_local_new(int64_t head)
     l->base.ops = &local_ops;
     l->head = head;
     pthread_mutex_init(&l->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&l->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    time_cond_init_mono(&l->cv);
     return &l->base;
 }

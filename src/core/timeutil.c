@@ -4,6 +4,7 @@
  */
 #include "core/timeutil.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -203,4 +204,13 @@ void time_format_iso8601(int64_t us, char *out)
         }
     }
     out[TS_STR_LEN] = '\0';
+}
+
+void time_cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
 }

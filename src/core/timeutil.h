@@ -6,6 +6,7 @@
 #ifndef RASTRO_CORE_TIMEUTIL_H
 #define RASTRO_CORE_TIMEUTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -18,6 +19,11 @@ int64_t time_mono_us(void);         /* monotonic, for durations */
 /* *out = clock's now + ms: the absolute deadline pthread_cond_timedwait
  * takes (CLOCK_REALTIME for a default condition variable). */
 void time_deadline(clockid_t clock, int ms, struct timespec *out);
+
+/* A condition variable whose timed waits take CLOCK_MONOTONIC deadlines
+ * (time_deadline(CLOCK_MONOTONIC, ...)): a wall-clock step cannot stretch
+ * or cut a wait. */
+void time_cond_init_mono(pthread_cond_t *cv);
 
 /*
  * Parses an ISO-8601 date-time: "YYYY-MM-DD", optionally followed by 'T'

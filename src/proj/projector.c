@@ -611,11 +611,7 @@ int projector_new_from(struct evstore *store, const char *rm_path, struct bus *b
     p->stop_at = INT64_MAX;
     pthread_mutex_init(&p->mu, NULL);
     pthread_mutex_init(&p->step_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->catchup_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    time_cond_init_mono(&p->catchup_cv);
     p->bus = bus;
     p->acc = stats_acc_new();
     p->store = store;
