@@ -524,7 +524,8 @@ static void *run_catchup(void *arg)
         atomic_store(&p->catchup_wants, false);
         wake_waiters(p, false);
         if (n < 0) {
-            usleep(100 * 1000);     /* the batch thread logs the error and backs off */
+            /* the batch thread logs the error and backs off; retry less often */
+            usleep(500 * 1000);
         }
     }
     return NULL;

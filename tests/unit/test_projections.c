@@ -695,8 +695,12 @@ static void test_starved_batch_thread(const char *dir)
     CHECKF(p != NULL && projector_position(p) == N, "%lld of %d events applied in %lld ms "
            "with %d busy threads", p != NULL ? (long long)projector_position(p) : -1LL, N,
            (long long)took_ms, nhogs);
-    fprintf(stderr, "starved batch thread: %d events applied in %lld ms beside %d busy threads\n",
-            N, (long long)took_ms, nhogs);
+    struct projector_stats ps = { 0 };
+    if (p != NULL) {
+        projector_get_stats(p, &ps);
+    }
+    fprintf(stderr, "starved batch thread: %d events applied in %lld ms (%lld batches) beside %d "
+            "busy threads\n", N, (long long)took_ms, (long long)ps.batches, nhogs);
     projector_free(p);
     bus_close(bus);
 }
