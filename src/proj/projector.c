@@ -25,8 +25,8 @@
  * of the statistics tables, is written once per commit, not once per
  * event) for at most this much added lag. Measured at 64 connections:
  * 10 ms -> 50 ms took the projector from 10.2 to 6.6 us an event and
- * durable POSTs from 32k to 38.6k/s. Readers waiting on min_position skip
- * the wait. */
+ * durable POSTs from 32k to 38.6k/s. Readers waiting on min_position do
+ * not wait for it: the catch-up thread (below) applies for them. */
 #define COALESCE_MS 50
 
 /*
@@ -35,7 +35,8 @@
  *    up. At the lowest priority the request path (HTTP and committer
  *    threads) preempts it whenever it has work, and it takes the CPU the
  *    request path leaves idle; at 64 connections on two cores durable POSTs
- *    went from 39.5k to 44k/s (nice 10: 42k) and their p99 down by ~1 ms.
+ *    went from 39.5k to 44k/s (nice 10: 42k) and their p99 down by ~1 ms
+ *    (BENCHMARKS.md, seventh session).
  *  - the catch-up thread, at normal priority, sleeps unless a reader waits
  *    for a position or the batch thread has fallen URGENT_MS behind; then it
  *    applies batches itself until neither holds. A starved batch thread
