@@ -755,9 +755,9 @@ int rm_read_begin(struct readmodel *rm, struct err *e)
     if (st == NULL) {
         return ERR_IO;
     }
-    int r = sqlite3_step(st);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? ERR_OK : db_err(rm, e, "beginning a read");
     sqlite3_reset(st);
-    return r == SQLITE_DONE ? ERR_OK : db_err(rm, e, "beginning a read");
+    return rc;
 }
 
 void rm_read_end(struct readmodel *rm)
