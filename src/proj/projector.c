@@ -44,8 +44,9 @@
  *    machine, and a read-your-write GET waiting behind it (nice 19 alone:
  *    p99 at full load 54 -> 118-270 ms). Unprivileged processes can lower a
  *    thread's priority but never raise it again, hence two threads.
- * A batch the batch thread has begun ends early once the catch-up thread
- * wants the lock (its events so far are committed as a shorter batch).
+ * While the catch-up thread is at it, a batch the batch thread has begun
+ * ends early (its events so far are committed as a shorter batch) and it
+ * starts no other.
  */
 #define BATCH_NICE 19
 #define URGENT_MS 500
@@ -62,9 +63,9 @@ struct projector {
     bool started;
     atomic_bool stopping;
     pthread_mutex_t step_mu;        /* one batch at a time, whichever thread */
-    atomic_bool catchup_wants;      /* the catch-up thread waits for step_mu */
+    atomic_bool catchup_wants;      /* the catch-up thread is applying: the batch thread
+                                     * ends its batch early and starts none */
     bool catching_up;               /* under step_mu: the catch-up thread's batch */
-    bool yielded;                   /* under step_mu: the batch ended for the catch-up thread */
     pthread_cond_t catchup_cv;      /* with mu: a reader started waiting, or stop */
     bool stopped;                   /* under mu: thread gone, waiters woken at once */
     _Atomic int64_t position;
@@ -141,7 +142,6 @@ static int apply_cb(const struct event_rec *ev, void *arg)
     int stop = apply_one(p, &p->scratch);
     if (stop == 0 && !p->catching_up &&
         atomic_load_explicit(&p->catchup_wants, memory_order_relaxed)) {
-        p->yielded = true;
         return 1;       /* end the batch here (no error): the catch-up thread goes on */
     }
     return stop;
@@ -460,16 +460,28 @@ int projector_run_to(struct projector *p, int64_t upto, struct err *e)
     return rc;
 }
 
-/* One live batch under step_mu; a batch that saw the end of the log marks
- * the projector caught up as of its start. */
+/* One live batch under step_mu. The projector is caught up as of the
+ * batch's start when it has applied the head the bus had announced by
+ * then (not merely read less than a full batch: the JetStream store hands
+ * out at most 1,024 events a read, and a yielded batch stops short). */
 static int step_once(struct projector *p, bool catchup, struct err *e)
 {
-    pthread_mutex_lock(&p->step_mu);
+    if (catchup) {
+        /* the batch thread may hold the lock for a while at nice 19 (its
+         * batch ends at the next event, but the commit is still to come):
+         * readers whose deadline passes meanwhile are woken on time */
+        while (pthread_mutex_trylock(&p->step_mu) != 0) {
+            wake_waiters(p, false);
+            usleep(1000);
+        }
+    } else {
+        pthread_mutex_lock(&p->step_mu);
+    }
     p->catching_up = catchup;
-    p->yielded = false;
     int64_t started = time_mono_us();
+    int64_t head = bus_wait(p->bus, -1, 0);     /* the head now, no waiting */
     int n = step(p, NULL, e);
-    if (n >= 0 && n < BATCH_MAX && !p->yielded) {
+    if (n >= 0 && projector_position(p) >= head) {
         atomic_store(&p->caught_up_us, started);   /* everything up to then is applied */
     }
     pthread_mutex_unlock(&p->step_mu);
@@ -484,8 +496,8 @@ static bool has_waiters(struct projector *p)
     return waiting;
 }
 
-/* Whether the catch-up thread should apply now: a reader waits, or events
- * announced URGENT_MS ago or more are not applied yet. */
+/* Whether the catch-up thread should apply now: a reader waits, or the
+ * projector has not been caught up for URGENT_MS with events to apply. */
 static bool urgent(struct projector *p)
 {
     int64_t head = bus_wait(p->bus, -1, 0);     /* the head now, no waiting */
@@ -501,6 +513,7 @@ static void *run_catchup(void *arg)
     pthread_setname_np(pthread_self(), "rastro-catchup");
     while (!atomic_load(&p->stopping)) {
         if (!urgent(p)) {
+            atomic_store(&p->catchup_wants, false);     /* the batch thread's turn */
             wake_waiters(p, false);     /* deadlines that passed */
             if (has_waiters(p)) {
                 /* waiting for events not committed yet: for the next commit */
@@ -520,15 +533,20 @@ static void *run_catchup(void *arg)
         }
         struct err e;
         err_clear(&e);
+        /* stays set until nothing is urgent: the batch thread does not
+         * slip a one-event batch in between two of these */
         atomic_store(&p->catchup_wants, true);
         int n = step_once(p, true, &e);
-        atomic_store(&p->catchup_wants, false);
         wake_waiters(p, false);
         if (n < 0) {
             /* the batch thread logs the error and backs off; retry less often */
+            atomic_store(&p->catchup_wants, false);
             usleep(500 * 1000);
+        } else if (n == 0) {
+            usleep(10 * 1000);      /* announced but not readable yet (a bus store) */
         }
     }
+    atomic_store(&p->catchup_wants, false);
     return NULL;
 }
 
@@ -543,6 +561,9 @@ static void *run(void *arg)
     for (;;) {
         struct err e;
         err_clear(&e);
+        while (atomic_load(&p->catchup_wants) && !atomic_load(&p->stopping)) {
+            usleep(5 * 1000);       /* the catch-up thread is applying */
+        }
         int64_t started = time_mono_us();
         int n = step_once(p, false, &e);
         if (n < 0) {

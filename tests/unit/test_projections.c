@@ -4,6 +4,7 @@
  * or one event at a time must give the same read models).
  */
 #include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -670,8 +671,10 @@ static void test_starved_batch_thread(const char *dir)
     }
     evstore_close(s);
 
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int nhogs = ncpu > 0 && ncpu < 32 ? 2 * (int)ncpu : 4;   /* two a CPU */
+    /* two a CPU this process may run on (its affinity, not the host's count) */
+    cpu_set_t set;
+    int ncpu = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 2;
+    int nhogs = ncpu > 0 && ncpu <= 32 ? 2 * ncpu : 4;
     pthread_t hogs[64];
     atomic_store(&hogs_stop, false);
     for (int i = 0; i < nhogs; i++) {
