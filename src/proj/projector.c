@@ -460,6 +460,12 @@ int projector_run_to(struct projector *p, int64_t upto, struct err *e)
     return rc;
 }
 
+/* The head the bus has announced, now, without waiting. */
+static int64_t announced_head(struct projector *p)
+{
+    return bus_wait(p->bus, -1, 0);
+}
+
 /* One live batch under step_mu. The projector is caught up as of the
  * batch's start when it has applied the head the bus had announced by
  * then (not merely read less than a full batch: the JetStream store hands
@@ -479,7 +485,7 @@ static int step_once(struct projector *p, bool catchup, struct err *e)
     }
     p->catching_up = catchup;
     int64_t started = time_mono_us();
-    int64_t head = bus_wait(p->bus, -1, 0);     /* the head now, no waiting */
+    int64_t head = announced_head(p);
     int n = step(p, NULL, e);
     if (n >= 0 && projector_position(p) >= head) {
         atomic_store(&p->caught_up_us, started);   /* everything up to then is applied */
@@ -500,7 +506,7 @@ static bool has_waiters(struct projector *p)
  * projector has not been caught up for URGENT_MS with events to apply. */
 static bool urgent(struct projector *p)
 {
-    int64_t head = bus_wait(p->bus, -1, 0);     /* the head now, no waiting */
+    int64_t head = announced_head(p);
     if (head <= projector_position(p)) {
         return false;
     }
@@ -606,7 +612,7 @@ static void *run(void *arg)
         if (atomic_load(&p->stopping)) {
             break;          /* caught up with everything committed */
         }
-        bus_wait(p->bus, projector_position(p), has_waiters(p) ? 10 : 100);
+        bus_wait(p->bus, projector_position(p), 100);  /* readers: the catch-up thread's */
     }
     pthread_mutex_lock(&p->mu);
     p->stopped = true;
@@ -692,11 +698,8 @@ void projector_add_waiter(struct projector *p, struct proj_waiter *w)
     }
     w->next = p->waiters;
     p->waiters = w;
-    pthread_cond_signal(&p->catchup_cv);
+    pthread_cond_signal(&p->catchup_cv);     /* the catch-up thread serves readers */
     pthread_mutex_unlock(&p->mu);
-    if (p->bus != NULL) {
-        bus_wake_all(p->bus);   /* so the thread switches to short polls for the deadline */
-    }
 }
 
 void projector_stop(struct projector *p)
