@@ -79,7 +79,7 @@ struct projector {
     struct err batch_e;
     struct rmcache *cache;          /* statistics answers to invalidate; may be NULL */
     struct buf touched;             /* this batch's statistics keys */
-    struct proj_decoded scratch;    /* apply_cb's decoded event */
+    struct proj_decoded *live;      /* live batches: the chunk read, then applied */
 };
 
 void projector_set_cache(struct projector *p, struct rmcache *cache)
@@ -133,18 +133,6 @@ static int apply_one(struct projector *p, const struct proj_decoded *d)
     }
     p->batch_last = d->position;
     return 0;
-}
-
-static int apply_cb(const struct event_rec *ev, void *arg)
-{
-    struct projector *p = arg;
-    proj_decode(ev, &p->scratch);
-    int stop = apply_one(p, &p->scratch);
-    if (stop == 0 && !p->catching_up &&
-        atomic_load_explicit(&p->catchup_wants, memory_order_relaxed)) {
-        return 1;       /* end the batch here (no error): the catch-up thread goes on */
-    }
-    return stop;
 }
 
 /*
@@ -278,6 +266,25 @@ static void prefetch_stats(const struct projector *p, const struct chunk *c, siz
     }
 }
 
+/* Applies a chunk's events in order; true when one failed (the batch
+ * error says why) or, in a live batch of the batch thread, when the
+ * catch-up thread wants the batch ended here (not an error). */
+static bool apply_chunk(struct projector *p, const struct chunk *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        prefetch_stats(p, c, i + 2 * PREFETCH_AHEAD, 1);
+        prefetch_stats(p, c, i + PREFETCH_AHEAD, 2);
+        if (apply_one(p, &c->d[i]) != 0) {
+            return true;
+        }
+        if (!p->bulk && !p->catching_up &&
+            atomic_load_explicit(&p->catchup_wants, memory_order_relaxed)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Applies whole chunks until at least max events or the end; returns like
  * evstore_read(): ERR_OK, 1 when apply_one() stopped, or the reader's error. */
 static int pipe_apply(struct pipe *q, struct projector *p, int64_t max, struct err *e)
@@ -298,12 +305,7 @@ static int pipe_apply(struct pipe *q, struct projector *p, int64_t max, struct e
         }
         struct chunk *c = &q->ring[q->head];
         pthread_mutex_unlock(&q->mu);
-        bool stop = false;
-        for (size_t i = 0; i < c->n && !stop; i++) {
-            prefetch_stats(p, c, i + 2 * PREFETCH_AHEAD, 1);
-            prefetch_stats(p, c, i + PREFETCH_AHEAD, 2);
-            stop = apply_one(p, &c->d[i]) != 0;
-        }
+        bool stop = apply_chunk(p, c);
         n += (int64_t)c->n;
         pthread_mutex_lock(&q->mu);
         q->head = (q->head + 1) % RING;
@@ -312,6 +314,35 @@ static int pipe_apply(struct pipe *q, struct projector *p, int64_t max, struct e
         pthread_mutex_unlock(&q->mu);
         if (stop) {
             return 1;   /* the batch error says why */
+        }
+    }
+    return ERR_OK;
+}
+
+/*
+ * A live batch reads the store a chunk at a time into memory and applies
+ * the chunk once the read is over. Applying from inside the read held the
+ * store's read transaction for the whole batch (tens of milliseconds, and
+ * longer at nice 19), and a reader holding one keeps SQLite from
+ * restarting the store's WAL (evstore_sqlite.c): under sustained load the
+ * WAL then grew without end.
+ */
+static int read_apply(struct projector *p, int64_t from, int64_t max, struct err *e)
+{
+    struct chunk c = { .d = p->live };
+    for (int64_t n = 0; n < max; n += (int64_t)c.n) {
+        int64_t want = max - n < CHUNK ? max - n : CHUNK;
+        struct decode_arg da = { .c = &c, .acc = p->acc };
+        c.n = 0;
+        int rc = evstore_read(p->store, from + n + 1, (size_t)want, decode_cb, &da, e);
+        if (rc < 0) {
+            return rc;
+        }
+        if (apply_chunk(p, &c)) {
+            return 1;
+        }
+        if ((int64_t)c.n < want) {
+            break;      /* everything there was */
         }
     }
     return ERR_OK;
@@ -362,7 +393,7 @@ static int step(struct projector *p, struct pipe *q, struct err *e)
     if (q != NULL) {
         rc = pipe_apply(q, p, max, e);
     } else {
-        rc = max > 0 ? evstore_read(p->store, from + 1, (size_t)max, apply_cb, p, e) : 0;
+        rc = max > 0 ? read_apply(p, from, max, e) : 0;
     }
     if (rc < 0) {
         goto fail;
@@ -645,6 +676,7 @@ int projector_new_from(struct evstore *store, const char *rm_path, struct bus *b
     p->acc = stats_acc_new();
     p->store = store;
     buf_init(&p->touched, 0);
+    p->live = xmalloc(CHUNK * sizeof(struct proj_decoded));
     int rc = ERR_OK;
     {
         rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, NULL, &p->rm, e);
@@ -726,6 +758,7 @@ void projector_free(struct projector *p)
     readmodel_close(p->rm);
     stats_acc_free(p->acc);
     buf_fini(&p->touched);
+    free(p->live);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->step_mu);
     pthread_cond_destroy(&p->catchup_cv);
