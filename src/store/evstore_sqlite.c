@@ -66,9 +66,13 @@ struct sqlite_store {
  * Checkpoints copy committed WAL pages back into the database file. Left to
  * SQLite they run inside whichever COMMIT crosses 1000 pages, i.e. inside
  * the committer, and every request of that batch waits for the copy and its
- * fsync. Here they run every 100 ms on a second connection in PASSIVE mode,
- * which never blocks the writer; the committer's connection has
- * wal_autocheckpoint off.
+ * fsync. Here they run every CKPT_EVERY_MS on a second connection in
+ * PASSIVE mode, which never blocks the writer; the committer's connection
+ * has wal_autocheckpoint off. Each one ends with an fsync of the database
+ * file, and the committer's next fdatasync waits for the disk to finish
+ * it: small and often is kinder to the commits' tail latency than large
+ * and seldom (impression and conversion p99 5.8-6.1 -> 4.6-5.7 ms at
+ * 10-25 ms against 100, same rates, five pairs).
  *
  * Passive checkpoints alone never let the WAL start over under sustained
  * load: SQLite restarts it only when a write transaction begins with every
@@ -80,12 +84,13 @@ struct sqlite_store {
  * already there). So past RESTART_FRAMES the writer asks the checkpointer
  * to chase the WAL's end (a few passes, each copying what the commits
  * during the one before added); the writer copies what is left itself
- * before its next transaction (sub-millisecond, against 5-17 ms for a
- * 100 ms backlog), and that transaction restarts the WAL: its frames
+ * before its next transaction (0.3-6 ms, mostly its two fsyncs, against
+ * 5-17 ms for a 100 ms backlog), and that transaction restarts the WAL: its frames
  * overwrite the old ones from the start of the file. A reader still in the
  * WAL at that moment defers the restart to the next round; the WAL file
  * stays at about RESTART_FRAMES pages.
  */
+#define CKPT_EVERY_MS 20
 #define RESTART_FRAMES 4096     /* 16 MiB of WAL at 4 KiB pages */
 #define TAIL_FRAMES 64          /* a pass that leaves this few is the last */
 #define CHASE_PASSES 4
@@ -132,7 +137,7 @@ static void *ckpt_run(void *arg)
     while (!s->ckpt_stop) {
         if (!atomic_load(&s->ckpt_ask)) {
             struct timespec ts;
-            time_deadline(CLOCK_REALTIME, 100, &ts);
+            time_deadline(CLOCK_REALTIME, CKPT_EVERY_MS, &ts);
             pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
         }
         if (s->ckpt_stop) {
