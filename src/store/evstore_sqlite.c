@@ -60,6 +60,7 @@ struct sqlite_store {
     atomic_int wal_frames;      /* frames in the WAL after the writer's last commit */
     atomic_bool ckpt_ask;       /* writer -> checkpointer: chase the WAL's end */
     atomic_bool ckpt_tail;      /* checkpointer -> writer: a few frames are left */
+    _Atomic int64_t ckpt_warned_us;
 };
 
 /*
@@ -101,7 +102,11 @@ static int checkpoint(struct sqlite_store *s, sqlite3 *db)
     int frames = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
     if (rc != SQLITE_OK) {
-        if (rc != SQLITE_BUSY) {
+        /* e.g. a full disk: said once, then at most every 10 s (it is
+         * tried 50 times a second) */
+        int64_t now = time_mono_us(), last = atomic_load(&s->ckpt_warned_us);
+        if (rc != SQLITE_BUSY && (last == 0 || now - last >= 10000000) &&
+            atomic_compare_exchange_strong(&s->ckpt_warned_us, &last, now)) {
             log_warn("WAL checkpoint failed", "path=%s err=\"%s\"", s->path, sqlite3_errmsg(db));
         }
         return -1;

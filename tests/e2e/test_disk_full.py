@@ -60,7 +60,11 @@ class DiskFullTest(unittest.TestCase):
         self.assertIsNotNone(full, "the disk never filled (%d posts)" % n)
         self.assertIn("retry-after", full)
         self.assertGreater(len(acked), 10)
-        self.assertIn("full", srv.read_log().lower(), "the log must say the disk is full")
+        time.sleep(1.5)     # the store's checkpoints fail meanwhile, 50 times a second
+        log = srv.read_log()
+        self.assertIn("full", log.lower(), "the log must say the disk is full")
+        n_ckpt = log.count("WAL checkpoint failed")
+        self.assertLessEqual(n_ckpt, 2, "said once, not each time: " + log[-2000:])
         # queries keep answering from what is there
         status, _, js, _ = srv.request("GET", "/tracking/queries/%s/df/estadisticas" % CAMPANAS)
         self.assertEqual(status, 200)
