@@ -86,10 +86,10 @@ struct sqlite_store {
  * to chase the WAL's end (a few passes, each copying what the commits
  * during the one before added); the writer copies what is left itself
  * before its next transaction (0.3-6 ms, mostly its two fsyncs, against
- * 5-17 ms for a 100 ms backlog), and that transaction restarts the WAL: its frames
- * overwrite the old ones from the start of the file. A reader still in the
- * WAL at that moment defers the restart to the next round; the WAL file
- * stays at about RESTART_FRAMES pages.
+ * 5-17 ms for a 100 ms backlog), and that transaction restarts the WAL:
+ * its frames overwrite the old ones from the start of the file. A reader
+ * still in the WAL at that moment defers the restart to the next round;
+ * the WAL file stays at about RESTART_FRAMES pages.
  */
 #define CKPT_EVERY_MS 20
 #define RESTART_FRAMES 4096     /* 16 MiB of WAL at 4 KiB pages */
@@ -133,8 +133,12 @@ static void *ckpt_run(void *arg)
      * sqlite3_wal_checkpoint_v2() on it returns SQLITE_OK having done
      * nothing (SQLite 3.40; later versions open it first). Until the
      * eighth session this thread's checkpoints were all no-ops for that
-     * reason, and the WAL held every event since the server started. */
-    if (sqlite3_exec(db, "SELECT 1 FROM sqlite_schema LIMIT 1", NULL, NULL, NULL) != SQLITE_OK) {
+     * reason, and the WAL held every event since the server started.
+     * synchronous=FULL whatever the build's default: a checkpoint then
+     * syncs the WAL before copying and the database file before the WAL
+     * may be restarted over the frames it copied. */
+    if (sqlite3_exec(db, "PRAGMA synchronous=FULL; SELECT 1 FROM sqlite_schema LIMIT 1", NULL,
+                     NULL, NULL) != SQLITE_OK) {
         log_error("checkpointer cannot read the store; WAL will grow", "path=%s err=\"%s\"",
                   s->path, sqlite3_errmsg(db));
     }
