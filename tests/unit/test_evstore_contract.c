@@ -244,14 +244,46 @@ static int count_cb(const struct event_rec *ev, void *arg)
     return ev->position == *n ? 0 : -1;     /* positions 1, 2, 3, ... */
 }
 
+/* Appends batches of 32 events of ~600 bytes, each event a new stream;
+ * returns how many were appended and the largest the WAL file got. */
+static int64_t append_batches(struct evstore *s, const char *wal, int batches, int64_t first,
+                              int64_t *max_wal)
+{
+    enum { BATCH = 32 };
+    char data[600];
+    snprintf(data, sizeof(data), "{\"pad\":\"%0*d\"}", 560, 0);
+    static char names[BATCH][32];
+    struct event_in ev[BATCH];
+    struct append_out out[BATCH];
+    struct err e;
+    err_clear(&e);
+    int64_t total = 0;
+    for (int b = 0; b < batches; b++) {
+        for (int i = 0; i < BATCH; i++) {
+            snprintf(names[i], sizeof(names[i]), "impresion:%lld", (long long)(first + total + i));
+            ev[i] = mk(names[i], EVSTORE_NO_STREAM, data);
+        }
+        bool ok = evstore_append(s, ev, BATCH, out, &e) == ERR_OK &&
+                  out[BATCH - 1].status == ERR_OK;
+        CHECKF(ok, "append batch %d: %s", b, e.msg);
+        if (!ok) {
+            break;
+        }
+        total += BATCH;
+        int64_t w = file_size(wal);
+        *max_wal = w > *max_wal ? w : *max_wal;
+    }
+    return total;
+}
+
 /* Under appends without a pause the WAL starts over at about 16 MiB
  * (evstore_sqlite.c, RESTART_FRAMES) instead of holding every event: the
  * database file takes them, nothing is lost across restarts, and the store
  * opens again with all of them. ~70 MB of WAL traffic; before the fix the
- * WAL ended that size. */
+ * WAL ended that size. Then a reader that stays in the WAL (a long query)
+ * holds the restart off, and once it leaves the WAL starts over again. */
 static void sqlite_wal_bounded(void)
 {
-    enum { BATCH = 32, BATCHES = 2500 };
     char sub[300], wal[340], db[340];
     snprintf(sub, sizeof(sub), "%s/wal", dir);
     snprintf(wal, sizeof(wal), "%s/events.db-wal", sub);
@@ -264,27 +296,33 @@ static void sqlite_wal_bounded(void)
     if (s == NULL) {
         return;
     }
-    char data[600];
-    snprintf(data, sizeof(data), "{\"pad\":\"%0*d\"}", 560, 0);
-    static char names[BATCH][32];
-    struct event_in ev[BATCH];
-    struct append_out out[BATCH];
-    int64_t max_wal = 0, total = 0;
-    bool ok = true;
-    for (int b = 0; b < BATCHES && ok; b++) {
-        for (int i = 0; i < BATCH; i++) {
-            snprintf(names[i], sizeof(names[i]), "impresion:%d", b * BATCH + i);
-            ev[i] = mk(names[i], EVSTORE_NO_STREAM, data);
-        }
-        ok = evstore_append(s, ev, BATCH, out, &e) == ERR_OK && out[BATCH - 1].status == ERR_OK;
-        CHECKF(ok, "append batch %d: %s", b, e.msg);
-        total += ok ? BATCH : 0;
-        int64_t w = file_size(wal);
-        max_wal = w > max_wal ? w : max_wal;
-    }
+    int64_t max_wal = 0;
+    int64_t total = append_batches(s, wal, 2500, 0, &max_wal);
     CHECKF(max_wal > 0 && max_wal <= (32 << 20), "WAL reached %lld bytes", (long long)max_wal);
     CHECKF(file_size(db) >= (16 << 20), "database file %lld bytes: nothing checkpointed",
            (long long)file_size(db));
+
+    /* a reader in the middle of a read transaction */
+    sqlite3 *rd = NULL;
+    sqlite3_stmt *st = NULL;
+    CHECK(sqlite3_open_v2(db, &rd, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(rd, "SELECT position FROM events ORDER BY position", -1, &st,
+                             NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(st) == SQLITE_ROW);
+    int64_t held = 0;
+    total += append_batches(s, wal, 1500, total, &held);
+    CHECKF(held > (32 << 20), "WAL %lld bytes with a reader in it: it restarted anyway?",
+           (long long)held);
+    sqlite3_finalize(st);
+    sqlite3_close(rd);
+    /* it left: the WAL starts over (and is cut to journal_size_limit,
+     * 64 MiB) instead of going on growing */
+    int64_t after = 0;
+    total += append_batches(s, wal, 2500, total, &after);
+    CHECKF(after < held + (16 << 20) && file_size(wal) <= (64 << 20),
+           "WAL up to %lld bytes after the reader left, %lld at the end (%lld while it read)",
+           (long long)after, (long long)file_size(wal), (long long)held);
+
     int64_t n = 0;
     for (int rc = 0; rc == 0 && n < total;) {
         int64_t before = n;
