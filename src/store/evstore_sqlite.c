@@ -61,6 +61,7 @@ struct sqlite_store {
     atomic_bool ckpt_ask;       /* writer -> checkpointer: chase the WAL's end */
     atomic_bool ckpt_tail;      /* checkpointer -> writer: a few frames are left */
     _Atomic int64_t ckpt_warned_us;
+    int64_t wal_warned_us;      /* writer */
 };
 
 /*
@@ -187,8 +188,16 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
 /* Before a write transaction, on the writer's thread: see ckpt_run(). */
 static void wal_restart(struct sqlite_store *s)
 {
-    if (atomic_load(&s->wal_frames) < RESTART_FRAMES || !s->ckpt_running) {
+    int frames = atomic_load(&s->wal_frames);
+    if (frames < RESTART_FRAMES || !s->ckpt_running) {
         return;
+    }
+    int64_t now = time_mono_us();
+    if (frames >= 4 * RESTART_FRAMES && now - s->wal_warned_us >= 60000000) {
+        s->wal_warned_us = now;
+        log_warn("the store's WAL is not starting over: something has been reading the store "
+                 "since before its last restart (a long query, `rastro events`, a backup?)",
+                 "path=%s wal_mib=%d", s->path, frames / 256);
     }
     if (atomic_exchange(&s->ckpt_tail, false)) {
         (void)checkpoint(s, s->db);     /* the tail; this BEGIN restarts the WAL */

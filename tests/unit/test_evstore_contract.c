@@ -4,6 +4,7 @@
  * joins by adding a row (and a way to get an empty store); the checks do
  * not change. PostgreSQL runs on the cluster ctest starts (pgtest.h).
  */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -281,7 +282,8 @@ static int64_t append_batches(struct evstore *s, const char *wal, int batches, i
  * database file takes them, nothing is lost across restarts, and the store
  * opens again with all of them. ~70 MB of WAL traffic; before the fix the
  * WAL ended that size. Then a reader that stays in the WAL (a long query)
- * holds the restart off, and once it leaves the WAL starts over again. */
+ * holds the restart off (the log says so past 64 MiB), and once it leaves
+ * the WAL starts over again. */
 static void sqlite_wal_bounded(void)
 {
     char sub[300], wal[340], db[340];
@@ -309,10 +311,27 @@ static void sqlite_wal_bounded(void)
     CHECK(sqlite3_prepare_v2(rd, "SELECT position FROM events ORDER BY position", -1, &st,
                              NULL) == SQLITE_OK);
     CHECK(sqlite3_step(st) == SQLITE_ROW);
+    /* past 64 MiB the store says so in its log (stderr, caught in a file) */
+    char logpath[340];
+    snprintf(logpath, sizeof(logpath), "%s/stderr.log", dir);
+    fflush(stderr);
+    int saved = dup(2), fd = open(logpath, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    CHECK(saved >= 0 && fd >= 0 && dup2(fd, 2) == 2);
     int64_t held = 0;
-    total += append_batches(s, wal, 1500, total, &held);
-    CHECKF(held > (32 << 20), "WAL %lld bytes with a reader in it: it restarted anyway?",
+    total += append_batches(s, wal, 2500, total, &held);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    CHECKF(held > (64 << 20), "WAL %lld bytes with a reader in it: it restarted anyway?",
            (long long)held);
+    char logbuf[4096] = { 0 };
+    FILE *lf = fopen(logpath, "r");
+    size_t got = lf != NULL ? fread(logbuf, 1, sizeof(logbuf) - 1, lf) : 0;
+    if (lf != NULL) {
+        fclose(lf);
+    }
+    CHECKF(got > 0 && strstr(logbuf, "WAL is not starting over") != NULL, "log: %.300s", logbuf);
     sqlite3_finalize(st);
     sqlite3_close(rd);
     /* it left: the WAL starts over (and is cut to journal_size_limit,
