@@ -48,6 +48,7 @@ struct sqlite_store {
     struct lsmidx *streams;     /* writer only */
     struct lsmidx_reader *sr;
     sqlite3_stmt *ins;
+    sqlite3_stmt *begin, *commit;   /* writer: prepared once, not parsed per batch */
     sqlite3_stmt *at;           /* stream_id, stream_version by position */
     sqlite3_stmt *rd;
     sqlite3_stmt *hd;
@@ -243,6 +244,14 @@ static int exec(struct sqlite_store *s, const char *sql, struct err *e)
     return ERR_OK;
 }
 
+/* Runs a prepared statement that returns no rows. */
+static int step_once(struct sqlite_store *s, sqlite3_stmt *st, const char *what, struct err *e)
+{
+    int rc = sqlite3_step(st) == SQLITE_DONE ? ERR_OK : db_err(s, e, what);
+    sqlite3_reset(st);
+    return rc;
+}
+
 static void fill_rec(sqlite3_stmt *st, struct event_rec *r)
 {
     r->position = sqlite3_column_int64(st, 0);
@@ -374,7 +383,7 @@ static int s_append(struct evstore *base, const struct event_in *ev, size_t n,
         out[i].stream_version = 0;
     }
     wal_restart(s);
-    int rc = exec(s, "BEGIN IMMEDIATE", e);
+    int rc = step_once(s, s->begin, "BEGIN IMMEDIATE", e);
     if (rc != ERR_OK) {
         return rc;
     }
@@ -418,7 +427,7 @@ static int s_append(struct evstore *base, const struct event_in *ev, size_t n,
         out[i].position = pos;
         out[i].stream_version = cur_v + 1;
     }
-    rc = exec(s, "COMMIT", e);
+    rc = step_once(s, s->commit, "COMMIT", e);
 out:
     if (rc != ERR_OK) {
         struct err ignore;
@@ -486,6 +495,8 @@ static void s_close(struct evstore *base)
     pthread_mutex_destroy(&s->ckpt_mu);
     pthread_cond_destroy(&s->ckpt_cv);
     sqlite3_finalize(s->ins);
+    sqlite3_finalize(s->begin);
+    sqlite3_finalize(s->commit);
     sqlite3_finalize(s->at);
     sqlite3_finalize(s->rd);
     sqlite3_finalize(s->hd);
@@ -640,6 +651,12 @@ int evstore_sqlite_open(const char *path, int flags, struct evstore **out, struc
         if (rc == ERR_OK) {
             rc = prepare(s, "SELECT stream_id, stream_version FROM events WHERE position=?",
                          &s->at, e);
+        }
+        if (rc == ERR_OK) {
+            rc = prepare(s, "BEGIN IMMEDIATE", &s->begin, e);
+        }
+        if (rc == ERR_OK) {
+            rc = prepare(s, "COMMIT", &s->commit, e);
         }
         if (rc != ERR_OK) {
             goto fail;
