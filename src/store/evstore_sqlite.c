@@ -61,6 +61,7 @@ struct sqlite_store {
     atomic_int wal_frames;      /* frames in the WAL after the writer's last commit */
     atomic_bool ckpt_ask;       /* writer -> checkpointer: chase the WAL's end */
     atomic_bool ckpt_tail;      /* checkpointer -> writer: a few frames are left */
+    atomic_bool ckpt_idle;      /* checkpointer: nothing left to copy; a commit wakes it */
     _Atomic int64_t ckpt_warned_us;
     int64_t wal_warned_us;      /* writer */
 };
@@ -94,6 +95,7 @@ struct sqlite_store {
  * the WAL file stays at about RESTART_FRAMES pages.
  */
 #define CKPT_EVERY_MS 20
+#define CKPT_IDLE_MS 1000       /* with nothing left to copy (a commit wakes it sooner) */
 #define RESTART_FRAMES 4096     /* 16 MiB of WAL at 4 KiB pages */
 #define TAIL_FRAMES 64          /* a pass that leaves this few is the last */
 #define CHASE_PASSES 4
@@ -148,7 +150,8 @@ static void *ckpt_run(void *arg)
     while (!s->ckpt_stop) {
         if (!atomic_load(&s->ckpt_ask)) {
             struct timespec ts;
-            time_deadline(CLOCK_REALTIME, CKPT_EVERY_MS, &ts);
+            time_deadline(CLOCK_REALTIME,
+                          atomic_load(&s->ckpt_idle) ? CKPT_IDLE_MS : CKPT_EVERY_MS, &ts);
             pthread_cond_timedwait(&s->ckpt_cv, &s->ckpt_mu, &ts);
         }
         if (s->ckpt_stop) {
@@ -169,6 +172,14 @@ static void *ckpt_run(void *arg)
             atomic_store(&s->ckpt_tail, done >= 0);
             atomic_store(&s->ckpt_ask, false);
         }
+        /* everything copied back: sleep until a commit (on_wal) says
+         * otherwise. The flag is set before the frames are read again, and
+         * a commit stores its frames before it reads the flag, so one of
+         * the two always sees the other. */
+        atomic_store(&s->ckpt_idle, done >= 0 && done >= atomic_load(&s->wal_frames));
+        if (atomic_load(&s->ckpt_idle) && done < atomic_load(&s->wal_frames)) {
+            atomic_store(&s->ckpt_idle, false);
+        }
         pthread_mutex_lock(&s->ckpt_mu);
     }
     pthread_mutex_unlock(&s->ckpt_mu);
@@ -182,7 +193,13 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
 {
     (void)db;
     (void)name;
-    atomic_store(&((struct sqlite_store *)arg)->wal_frames, frames);
+    struct sqlite_store *s = arg;
+    atomic_store(&s->wal_frames, frames);
+    if (atomic_exchange(&s->ckpt_idle, false)) {
+        pthread_mutex_lock(&s->ckpt_mu);
+        pthread_cond_signal(&s->ckpt_cv);
+        pthread_mutex_unlock(&s->ckpt_mu);
+    }
     return SQLITE_OK;
 }
 
