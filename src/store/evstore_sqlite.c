@@ -62,8 +62,7 @@ struct sqlite_store {
     atomic_bool ckpt_ask;       /* writer -> checkpointer: chase the WAL's end */
     atomic_bool ckpt_tail;      /* checkpointer -> writer: a few frames are left */
     atomic_bool ckpt_idle;      /* checkpointer: nothing left to copy; a commit wakes it */
-    _Atomic int64_t ckpt_warned_us;
-    int64_t wal_warned_us;      /* writer */
+    _Atomic int64_t ckpt_warned_us, wal_warned_us;     /* log lines' rate limits */
 };
 
 /*
@@ -100,17 +99,31 @@ struct sqlite_store {
 #define TAIL_FRAMES 64          /* a pass that leaves this few is the last */
 #define CHASE_PASSES 4
 
+/* Whether a rate-limited log line is due: the first time, then at most
+ * once every every_us (from any thread). */
+static bool log_due(_Atomic int64_t *last_us, int64_t every_us)
+{
+    int64_t now = time_mono_us(), last = atomic_load(last_us);
+    return (last == 0 || now - last >= every_us) &&
+           atomic_compare_exchange_strong(last_us, &last, now);
+}
+
+/* Wakes the checkpoint thread. */
+static void ckpt_wake(struct sqlite_store *s)
+{
+    pthread_mutex_lock(&s->ckpt_mu);
+    pthread_cond_signal(&s->ckpt_cv);
+    pthread_mutex_unlock(&s->ckpt_mu);
+}
+
 /* One PASSIVE checkpoint: frames copied back so far, or -1. */
 static int checkpoint(struct sqlite_store *s, sqlite3 *db)
 {
     int frames = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, &done);
     if (rc != SQLITE_OK) {
-        /* e.g. a full disk: said once, then at most every 10 s (it is
-         * tried 50 times a second) */
-        int64_t now = time_mono_us(), last = atomic_load(&s->ckpt_warned_us);
-        if (rc != SQLITE_BUSY && (last == 0 || now - last >= 10000000) &&
-            atomic_compare_exchange_strong(&s->ckpt_warned_us, &last, now)) {
+        /* e.g. a full disk: it is tried 50 times a second */
+        if (rc != SQLITE_BUSY && log_due(&s->ckpt_warned_us, 10000000)) {
             log_warn("WAL checkpoint failed", "path=%s err=\"%s\"", s->path, sqlite3_errmsg(db));
         }
         return -1;
@@ -176,8 +189,8 @@ static void *ckpt_run(void *arg)
          * otherwise. The flag is set before the frames are read again, and
          * a commit stores its frames before it reads the flag, so one of
          * the two always sees the other. */
-        atomic_store(&s->ckpt_idle, done >= 0 && done >= atomic_load(&s->wal_frames));
-        if (atomic_load(&s->ckpt_idle) && done < atomic_load(&s->wal_frames)) {
+        atomic_store(&s->ckpt_idle, done >= 0);
+        if (done < atomic_load(&s->wal_frames)) {
             atomic_store(&s->ckpt_idle, false);
         }
         pthread_mutex_lock(&s->ckpt_mu);
@@ -195,10 +208,8 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     (void)name;
     struct sqlite_store *s = arg;
     atomic_store(&s->wal_frames, frames);
-    if (atomic_exchange(&s->ckpt_idle, false)) {
-        pthread_mutex_lock(&s->ckpt_mu);
-        pthread_cond_signal(&s->ckpt_cv);
-        pthread_mutex_unlock(&s->ckpt_mu);
+    if (atomic_load(&s->ckpt_idle) && atomic_exchange(&s->ckpt_idle, false)) {
+        ckpt_wake(s);   /* the first commit after an idle spell, not every one */
     }
     return SQLITE_OK;
 }
@@ -210,9 +221,7 @@ static void wal_restart(struct sqlite_store *s)
     if (frames < RESTART_FRAMES || !s->ckpt_running) {
         return;
     }
-    int64_t now = time_mono_us();
-    if (frames >= 4 * RESTART_FRAMES && now - s->wal_warned_us >= 60000000) {
-        s->wal_warned_us = now;
+    if (frames >= 4 * RESTART_FRAMES && log_due(&s->wal_warned_us, 60000000)) {
         log_warn("the store's WAL is not starting over: something has been reading the store "
                  "since before its last restart (a long query, `rastro events`, a backup?)",
                  "path=%s wal_mib=%d", s->path, frames / 256);
@@ -221,11 +230,8 @@ static void wal_restart(struct sqlite_store *s)
         (void)checkpoint(s, s->db);     /* the tail; this BEGIN restarts the WAL */
         return;
     }
-    if (!atomic_load(&s->ckpt_ask)) {
-        pthread_mutex_lock(&s->ckpt_mu);
-        atomic_store(&s->ckpt_ask, true);
-        pthread_cond_signal(&s->ckpt_cv);
-        pthread_mutex_unlock(&s->ckpt_mu);
+    if (!atomic_exchange(&s->ckpt_ask, true)) {
+        ckpt_wake(s);   /* it checks ckpt_ask under the lock before it waits */
     }
 }
 
