@@ -182,6 +182,17 @@ static int decode_cb(const struct event_rec *ev, void *arg)
     return 0;
 }
 
+/* Reads and decodes up to max events from position from into c (emptied
+ * first); returns like evstore_read(). Both the rebuild's reader thread
+ * and a live batch fill their chunks here. */
+static int read_chunk(struct projector *p, struct chunk *c, int64_t from, int64_t max,
+                      struct err *e)
+{
+    c->n = 0;
+    struct decode_arg da = { .c = c, .acc = p->acc };
+    return max > 0 ? evstore_read(p->store, from, (size_t)max, decode_cb, &da, e) : 0;
+}
+
 static void *pipe_run(void *arg)
 {
     struct pipe *q = arg;
@@ -200,10 +211,8 @@ static void *pipe_run(void *arg)
         }
         struct chunk *c = &q->ring[(q->head + q->full) % RING];
         pthread_mutex_unlock(&q->mu);
-        c->n = 0;
         int64_t max = p->stop_at - next + 1 < CHUNK ? p->stop_at - next + 1 : CHUNK;
-        struct decode_arg da = { .c = c, .acc = p->acc };
-        int rc = max > 0 ? evstore_read(p->store, next, (size_t)max, decode_cb, &da, &e) : 0;
+        int rc = read_chunk(p, c, next, max, &e);
         pthread_mutex_lock(&q->mu);
         if (rc < 0) {
             q->rc = rc;
@@ -332,9 +341,7 @@ static int read_apply(struct projector *p, int64_t from, int64_t max, struct err
     struct chunk c = { .d = p->live };
     for (int64_t n = 0; n < max; n += (int64_t)c.n) {
         int64_t want = max - n < CHUNK ? max - n : CHUNK;
-        struct decode_arg da = { .c = &c, .acc = p->acc };
-        c.n = 0;
-        int rc = evstore_read(p->store, from + n + 1, (size_t)want, decode_cb, &da, e);
+        int rc = read_chunk(p, &c, from + n + 1, want, e);
         if (rc < 0) {
             return rc;
         }
