@@ -2,9 +2,12 @@
  * stats.h - campaign and influencer statistics, kept incrementally.
  *
  * A batch of events is folded into an in-memory accumulator (O(1) per
- * event: a hash lookup and a few additions), then flushed with one upsert
- * per campaign, influencer and currency touched, inside the projector's
- * transaction. Nothing is ever recomputed by rescanning. Money is summed
+ * event: a hash lookup and a few additions), then flushed as one delta
+ * per campaign and influencer touched (rm_stats_add), inside the
+ * projector's transaction: a live writer keeps the batch's deltas pending
+ * and folds them into the stats table about once a second, a rebuild
+ * upserts them at the end (readmodel.h). Nothing is ever recomputed by
+ * rescanning. Money is summed
  * per currency in 128-bit ten-thousandths, never across currencies and
  * never in floating point. Not thread-safe.
  */

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,17 +19,27 @@
 #include "index/lsmidx.h"
 #include "index/sqlerr.h"
 #include "read/money.h"
+#include "read/statsdelta.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
 
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
+
+/* Adds a delta to a statistics row (of stats, or of a copy: rm_verify). */
+#define STATS_UPSERT_SQL(table) \
+    "INSERT INTO " table "(scope, key, impresiones, conversiones, ultima, valores)" \
+    " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(scope, key) DO UPDATE SET" \
+    " impresiones=impresiones+excluded.impresiones," \
+    " conversiones=conversiones+excluded.conversiones," \
+    " ultima=max(ultima, excluded.ultima)," \
+    " valores=rastro_merge_valores(valores, excluded.valores)"
 
 enum stmt_id {
     S_CKPT_GET, S_CKPT_SET,
     S_INS_IMP, S_INS_CONV,
     S_STATS_ADD, S_SKIP,
     S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
-    S_STATS_GET, S_POSITION, S_BEGIN, S_COMMIT,
+    S_STATS_GET, S_POSITION, S_BEGIN, S_COMMIT, S_PEND_ADD, S_PEND_ALL, S_PEND_CLEAR,
     S__COUNT
 };
 
@@ -44,12 +55,7 @@ static const char *const stmt_sql[S__COUNT] = {
                    " tipo_conversion, valor, moneda) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     /* one seek and an update in place: counters and the per-currency
      * totals of a key share a row (rastro_merge_valores: writer only) */
-    [S_STATS_ADD] = "INSERT INTO stats(scope, key, impresiones, conversiones, ultima, valores)"
-                    " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(scope, key) DO UPDATE SET"
-                    " impresiones=impresiones+excluded.impresiones,"
-                    " conversiones=conversiones+excluded.conversiones,"
-                    " ultima=max(ultima, excluded.ultima),"
-                    " valores=rastro_merge_valores(valores, excluded.valores)",
+    [S_STATS_ADD] = STATS_UPSERT_SQL("stats"),
     [S_SKIP] = "INSERT INTO skipped(type, count) VALUES(?1,?2)"
                " ON CONFLICT(type) DO UPDATE SET count=count+excluded.count",
     [S_ROW_IMP] = "SELECT position, id, campana_id, influencer_id, usuario_id, tipo_evento,"
@@ -73,9 +79,17 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_POSITION] = "SELECT coalesce(min(position), 0) FROM checkpoints",
     /* a query's read transaction: prepared once, not parsed per query
      * (sqlite3_exec was 10 % of a by-id miss) */
+    [S_PEND_ADD] = "INSERT INTO stats_pending(rec) VALUES(?)",
+    [S_PEND_ALL] = "SELECT rec FROM stats_pending ORDER BY seq",
+    [S_PEND_CLEAR] = "DELETE FROM stats_pending",
     [S_BEGIN] = "BEGIN",
     [S_COMMIT] = "COMMIT",
 };
+
+/* A batch's statistics deltas, one record list a batch (statsdelta.h),
+ * until the writer folds them into stats. */
+#define STATS_PENDING_SQL \
+    "CREATE TABLE IF NOT EXISTS stats_pending(seq INTEGER PRIMARY KEY, rec BLOB NOT NULL);"
 
 static const char *tables_sql =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
@@ -96,7 +110,8 @@ static const char *tables_sql =
     " PRIMARY KEY(scope, key)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);"
     /* rows per read model, kept with each batch (a count(*) would scan) */
-    "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);"
+    STATS_PENDING_SQL;
 
 /* A rebuild's index memtables, in entries (the default is lsmidx's 256K).
  * A rebuild adds three entries an event; each flush is a run that merges
@@ -108,6 +123,14 @@ static const char *tables_sql =
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
     struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
+    /* The statistics deltas committed but not folded into stats (a copy of
+     * stats_pending; statsdelta.h). Readers hold ps_lock for reading from
+     * before their snapshot starts until they have added their key's
+     * delta; the writer holds it for writing across each COMMIT and the
+     * change to ps that goes with it, so a reader sees stats and ps from
+     * the same commit: a fold's rows exactly when ps is empty again. */
+    pthread_rwlock_t ps_lock;
+    struct sdelta *ps;
     char ids_path[4400];
     char lists_path[4400];
 };
@@ -129,6 +152,10 @@ struct readmodel {
     struct pending pend_ids, pend_lists;
     int64_t batch_pos;          /* the checkpoint the open batch will commit */
     int64_t batch_rows[2];      /* rows the open batch added, by kind */
+    struct buf batch_stats;     /* writer: the open batch's statistics deltas (records) */
+    int64_t folded_us;          /* writer: when pending statistics were last folded */
+    int64_t wal_frames;         /* writer: frames in the WAL after the last commit */
+    bool folding;               /* writer: the open transaction folds pending statistics */
 };
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
@@ -164,14 +191,31 @@ static void index_close(struct rm_index *ix)
     if (ix != NULL) {
         lsmidx_close(ix->ids);
         lsmidx_close(ix->lists);
+        sdelta_free(ix->ps);
+        pthread_rwlock_destroy(&ix->ps_lock);
         free(ix);
     }
 }
+
+static int fold_pending(struct readmodel *rm, struct err *e);
 
 void readmodel_close(struct readmodel *rm)
 {
     if (rm == NULL) {
         return;
+    }
+    if (rm->mode == RM_WRITER && rm->owns_ix && rm->ix->ps != NULL &&
+        sdelta_count(rm->ix->ps) > 0 && sqlite3_get_autocommit(rm->db)) {
+        /* a stopped server leaves its statistics folded (nothing is lost
+         * either way: stats_pending holds them until a fold) */
+        struct err e;
+        err_clear(&e);
+        if (exec(rm, "BEGIN IMMEDIATE", &e) != ERR_OK || fold_pending(rm, &e) != ERR_OK ||
+            rm_commit(rm, &e) != ERR_OK) {
+            rm_rollback(rm);
+            log_warn("statistics left pending in the read models; the next start folds them",
+                     "err=\"%s\"", e.msg);
+        }
     }
     for (int i = 0; i < S__COUNT; i++) {
         sqlite3_finalize(rm->st[i]);
@@ -184,6 +228,7 @@ void readmodel_close(struct readmodel *rm)
     sqlite3_close(rm->db);
     free(rm->pend_ids.v);
     free(rm->pend_lists.v);
+    buf_fini(&rm->batch_stats);
     free(rm->path);
     free(rm);
 }
@@ -363,6 +408,14 @@ static int open_index(struct readmodel *rm, struct err *e)
                       : rm->mode == RM_BULK ? BULK_MEMTABLE : 0;
     rm->ix = xcalloc(1, sizeof(*rm->ix));
     rm->owns_ix = true;
+    pthread_rwlockattr_t la;
+    pthread_rwlockattr_init(&la);
+    /* readers come back to back from the HTTP threads: never starve the
+     * writer's commit */
+    pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&rm->ix->ps_lock, &la);
+    pthread_rwlockattr_destroy(&la);
+    rm->ix->ps = sdelta_new();
     snprintf(rm->ix->ids_path, sizeof(rm->ix->ids_path), "%s/rm-%s.ids", d, gen);
     snprintf(rm->ix->lists_path, sizeof(rm->ix->lists_path), "%s/rm-%s.lists", d, gen);
     int bulk = rm->mode == RM_BULK ? LSMIDX_BULK : 0;
@@ -441,6 +494,32 @@ static int open_index(struct readmodel *rm, struct err *e)
     return ERR_OK;
 }
 
+static int add_to_ps(void *arg, const struct sdelta_rec *r);
+static int on_wal(void *arg, sqlite3 *db, const char *name, int frames);
+
+/* The writer's copy in memory of stats_pending (statsdelta.h). */
+static int load_pending(struct readmodel *rm, struct err *e)
+{
+    sqlite3_stmt *st = stmt(rm, S_PEND_ALL, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    int r, rc = ERR_OK;
+    while (rc == ERR_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sdelta_rec_each(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+                            add_to_ps, rm->ix->ps) != ERR_OK) {
+            rc = err_set(e, ERR_IO, "corrupt pending statistics in %s: `rastro rebuild`",
+                         rm->path);
+        }
+    }
+    if (rc == ERR_OK && r != SQLITE_DONE) {
+        rc = db_err(rm, e, "reading pending statistics");
+    }
+    sqlite3_reset(st);
+    rm->folded_us = time_mono_us();
+    return rc;
+}
+
 static int open_readers(struct readmodel *rm, struct err *e)
 {
     int rc = lsmidx_reader_open(rm->ix->ids, &rm->ids_r, e);
@@ -501,17 +580,12 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
     if (mode == RM_WRITER || mode == RM_BULK) {
         /* Bulk (rebuild into a fresh file that is discarded on failure):
          * no journal, no fsync until the end. Live: WAL, fsync at
-         * checkpoints; the checkpoint row makes any crash safe. A
-         * checkpoint every 2,048 pages (8 MiB), not 8,192: its fsync of
-         * the read models shares the disk with the committer's fdatasync,
-         * and 32 MiB at a time held commits up: conversion POSTs' p99
-         * 11.2 -> 7.2-8.1 ms, impressions' p99.9 18-20 -> 11-15 ms, lag
-         * p99 81 -> 70-72 ms at half load, same rates (three pairs each;
-         * 1,024 pages: same p99, 10 % more bytes written). */
+         * checkpoints (commit_stats(), every CHECKPOINT_FRAMES); the
+         * checkpoint row makes any crash safe. */
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         " PRAGMA cache_size=-16384"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                        " PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=2048",
+                                        " PRAGMA cache_size=-16384",
                   e);
         if (rc == ERR_OK &&
             sqlite3_create_function(rm->db, "rastro_merge_valores", 2,
@@ -546,6 +620,10 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
         }
         if (rc == ERR_OK) {
             rc = open_index(rm, e);
+        }
+        if (rc == ERR_OK && mode == RM_WRITER) {
+            sqlite3_wal_hook(rm->db, on_wal, rm);   /* instead of the autocheckpoint */
+            rc = load_pending(rm, e);
         }
         if (rc != ERR_OK) {
             goto fail;
@@ -595,15 +673,137 @@ int rm_begin(struct readmodel *rm, struct err *e)
 {
     rm->pend_ids.n = rm->pend_lists.n = 0;
     rm->batch_rows[0] = rm->batch_rows[1] = 0;
+    buf_reset(&rm->batch_stats);
+    rm->folding = false;
     return exec(rm, "BEGIN IMMEDIATE", e);
 }
 
 static int step_done(struct readmodel *rm, sqlite3_stmt *st, struct err *e, const char *what);
 
+/* Pending statistics are folded into stats about this often, or sooner
+ * once this many keys are pending (~150 bytes of memory each). */
+#define FOLD_MS 1000
+#define FOLD_KEYS 100000
+/* The writer checkpoints its WAL past this many frames (8 MiB at 4 KiB a
+ * page), after a commit and outside ps_lock: SQLite's own autocheckpoint
+ * would run inside the COMMIT, with readers of statistics waiting on it.
+ * 8 MiB, not 32: its fsync shares the disk with the committer's
+ * fdatasync, and 32 MiB at a time held commits up (conversion POSTs' p99
+ * 11.2 -> 7.2-8.1 ms, lag p99 81 -> 70-72 ms at half load; 1,024 pages:
+ * same p99, 10 % more bytes written). */
+#define CHECKPOINT_FRAMES 2048
+
+struct upsert_ctx {
+    struct readmodel *rm;
+    struct err *e;
+};
+
+static void bind_rec(sqlite3_stmt *st, const struct sdelta_rec *r)
+{
+    sqlite3_bind_int(st, 1, r->scope);
+    sqlite3_bind_text(st, 2, r->key, (int)r->klen, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, r->imp);
+    sqlite3_bind_int64(st, 4, r->conv);
+    sqlite3_bind_int64(st, 5, r->last);
+    sqlite3_bind_text(st, 6, r->vlen > 0 ? r->valores : "", (int)r->vlen, SQLITE_STATIC);
+}
+
+static int upsert_rec(void *arg, const struct sdelta_rec *r)
+{
+    struct upsert_ctx *c = arg;
+    sqlite3_stmt *st = stmt(c->rm, S_STATS_ADD, c->e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    bind_rec(st, r);
+    return step_done(c->rm, st, c->e, "updating statistics");
+}
+
+static int add_to_ps(void *arg, const struct sdelta_rec *r)
+{
+    return sdelta_add(arg, r);
+}
+
+/* Writes every pending delta and the open batch's into stats and empties
+ * stats_pending, in the open transaction; the commit then empties ps. */
+static int fold_pending(struct readmodel *rm, struct err *e)
+{
+    struct upsert_ctx c = { .rm = rm, .e = e };
+    int rc = sdelta_each_sorted(rm->ix->ps, upsert_rec, &c);
+    if (rc == ERR_OK) {
+        rc = sdelta_rec_each(rm->batch_stats.p, rm->batch_stats.len, upsert_rec, &c);
+    }
+    sqlite3_stmt *st = rc == ERR_OK ? stmt(rm, S_PEND_CLEAR, e) : NULL;
+    if (st != NULL) {
+        rc = step_done(rm, st, e, "clearing pending statistics");
+    }
+    if (rc == ERR_OK) {
+        buf_reset(&rm->batch_stats);
+        rm->folding = true;
+    }
+    return rc != ERR_OK && e->msg[0] == '\0' ? err_set(e, rc, "folding statistics") : rc;
+}
+
+/* Before a live writer's COMMIT: the batch's statistics go to
+ * stats_pending as one record list, or everything pending is folded. */
+static int write_stats(struct readmodel *rm, struct err *e)
+{
+    size_t pending = sdelta_count(rm->ix->ps);
+    if (rm->folding || (pending == 0 && rm->batch_stats.len == 0)) {
+        return ERR_OK;
+    }
+    if (pending >= FOLD_KEYS || time_mono_us() - rm->folded_us >= FOLD_MS * 1000) {
+        return fold_pending(rm, e);
+    }
+    if (rm->batch_stats.len == 0) {
+        return ERR_OK;
+    }
+    sqlite3_stmt *st = stmt(rm, S_PEND_ADD, e);
+    if (st == NULL) {
+        return ERR_IO;
+    }
+    sqlite3_bind_blob(st, 1, rm->batch_stats.p, (int)rm->batch_stats.len, SQLITE_STATIC);
+    return step_done(rm, st, e, "writing pending statistics");
+}
+
+static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    (void)db;
+    (void)name;
+    ((struct readmodel *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+/* COMMIT, and ps brought to what was committed, under ps_lock. */
+static int commit_stats(struct readmodel *rm, struct err *e)
+{
+    struct rm_index *ix = rm->ix;
+    pthread_rwlock_wrlock(&ix->ps_lock);
+    int rc = exec(rm, "COMMIT", e);
+    if (rc == ERR_OK && rm->folding) {
+        sdelta_clear(ix->ps);
+        rm->folded_us = time_mono_us();
+    } else if (rc == ERR_OK &&
+               sdelta_rec_each(rm->batch_stats.p, rm->batch_stats.len, add_to_ps, ix->ps) != ERR_OK) {
+        /* cannot happen (the records were written here, sums of int64
+         * counts do not overflow); queries would count short until the
+         * next start reads stats_pending again */
+        log_error("pending statistics not added in memory", NULL);
+    }
+    pthread_rwlock_unlock(&ix->ps_lock);
+    rm->folding = false;
+    buf_reset(&rm->batch_stats);
+    if (rc == ERR_OK && rm->wal_frames >= CHECKPOINT_FRAMES) {
+        sqlite3_wal_checkpoint_v2(rm->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        rm->wal_frames = 0;
+    }
+    return rc;
+}
+
 int rm_commit(struct readmodel *rm, struct err *e)
 {
     static const char *const names[2] = { "impresiones", "conversiones" };
-    int rc = ERR_OK;
+    int rc = rm->mode == RM_WRITER ? write_stats(rm, e) : ERR_OK;
     for (int k = 0; k < 2 && rc == ERR_OK; k++) {
         if (rm->batch_rows[k] == 0) {
             continue;
@@ -621,7 +821,7 @@ int rm_commit(struct readmodel *rm, struct err *e)
         return rc;          /* the caller rolls back */
     }
     rm->batch_rows[0] = rm->batch_rows[1] = 0;
-    rc = exec(rm, "COMMIT", e);
+    rc = rm->mode == RM_WRITER ? commit_stats(rm, e) : exec(rm, "COMMIT", e);
     if (rc == ERR_OK) {
         apply_pending(rm, rm->batch_pos);   /* only committed rows get indexed */
     }
@@ -631,6 +831,8 @@ int rm_commit(struct readmodel *rm, struct err *e)
 void rm_rollback(struct readmodel *rm)
 {
     rm->pend_ids.n = rm->pend_lists.n = 0;
+    buf_reset(&rm->batch_stats);
+    rm->folding = false;
     sqlite3_exec(rm->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
@@ -723,6 +925,13 @@ int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int
                  int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
                  struct err *e)
 {
+    if (rm->mode == RM_WRITER) {
+        struct sdelta_rec r = { .scope = (int)scope, .key = key, .klen = strlen(key),
+                                .imp = d_imp, .conv = d_conv, .last = last_us,
+                                .valores = valores, .vlen = valores != NULL ? valores_len : 0 };
+        int rc = sdelta_rec_put(&rm->batch_stats, &r);
+        return rc == ERR_OK ? ERR_OK : err_set(e, rc, "statistics for %s too large", key);
+    }
     sqlite3_stmt *st = stmt(rm, S_STATS_ADD, e);
     if (st == NULL) {
         return ERR_IO;
@@ -877,6 +1086,9 @@ static int stats_counts(struct readmodel *rm, enum rm_scope scope, const char *k
     }
     sqlite3_bind_int(st, 1, (int)scope);
     sqlite3_bind_text(st, 2, key, -1, SQLITE_STATIC);
+    /* the lock before the snapshot starts (this is a request's first
+     * statement on the read models): stats and ps from one commit */
+    pthread_rwlock_rdlock(&rm->ix->ps_lock);
     int r = sqlite3_step(st);
     int rc = ERR_OK;
     *imp = *conv = *last = 0;
@@ -894,6 +1106,27 @@ static int stats_counts(struct readmodel *rm, enum rm_scope scope, const char *k
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    const struct sdelta_rec *d = rc == ERR_OK ? sdelta_get(rm->ix->ps, (int)scope, key) : NULL;
+    if (d != NULL) {
+        *imp += d->imp;
+        *conv += d->conv;
+        *last = d->last > *last ? d->last : *last;
+        if (valores != NULL && d->vlen > 0) {
+            struct buf m;
+            buf_init(&m, 0);
+            rc = money_totals_merge(valores->len > 0 ? valores->p : "", valores->len, d->valores,
+                                    d->vlen, &m);
+            if (rc == ERR_OK) {
+                buf_reset(valores);
+                rc = buf_append(valores, m.p, m.len);
+            }
+            buf_fini(&m);
+            if (rc != ERR_OK) {
+                rc = err_set(e, ERR_IO, "corrupt money total for %s", key);
+            }
+        }
+    }
+    pthread_rwlock_unlock(&rm->ix->ps_lock);
     return rc;
 }
 
@@ -1071,5 +1304,79 @@ int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e)
         rc = db_err(rm, e, "reading position");
     }
     sqlite3_reset(st);
+    return rc;
+}
+
+/* ---- rm_verify's view of the statistics ---- */
+
+static int upsert_copy(void *arg, const struct sdelta_rec *r)
+{
+    sqlite3_stmt *st = arg;
+    bind_rec(st, r);
+    int x = sqlite3_step(st);
+    sqlite3_reset(st);
+    return x == SQLITE_DONE ? ERR_OK : ERR_IO;
+}
+
+int rm_stats_with_pending(sqlite3 *live, sqlite3 *dst, int64_t *pending, struct err *e)
+{
+    sqlite3_stmt *cnt = NULL, *rows = NULL, *ins = NULL, *recs = NULL;
+    int rc = ERR_OK;
+    *pending = 0;
+    if (sqlite3_prepare_v2(live, "SELECT count(*) FROM stats_pending", -1, &cnt, NULL) !=
+            SQLITE_OK || sqlite3_step(cnt) != SQLITE_ROW) {
+        rc = err_set(e, ERR_IO, "reading pending statistics: %s", sqlite3_errmsg(live));
+        goto out;
+    }
+    *pending = sqlite3_column_int64(cnt, 0);
+    if (*pending == 0) {
+        goto out;
+    }
+    if (sqlite3_create_function(dst, "rastro_merge_valores", 2,
+                                SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, NULL,
+                                sql_merge_valores, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(dst, "CREATE TEMP TABLE live_stats(scope INTEGER NOT NULL, key TEXT NOT NULL,"
+                          " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL,"
+                          " ultima INTEGER NOT NULL, valores TEXT NOT NULL DEFAULT '',"
+                          " PRIMARY KEY(scope, key)) WITHOUT ROWID; BEGIN",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(dst, "INSERT INTO live_stats VALUES(?,?,?,?,?,?)", -1, &ins, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(live, "SELECT * FROM stats", -1, &rows, NULL) != SQLITE_OK) {
+        rc = err_set(e, ERR_IO, "copying statistics: %s", sqlite3_errmsg(dst));
+        goto out;
+    }
+    int r;
+    while (rc == ERR_OK && (r = sqlite3_step(rows)) == SQLITE_ROW) {
+        for (int i = 0; i < 6; i++) {
+            sqlite3_bind_value(ins, i + 1, sqlite3_column_value(rows, i));
+        }
+        if (sqlite3_step(ins) != SQLITE_DONE) {
+            rc = err_set(e, ERR_IO, "copying statistics: %s", sqlite3_errmsg(dst));
+        }
+        sqlite3_reset(ins);
+    }
+    sqlite3_finalize(ins);
+    ins = NULL;
+    if (rc == ERR_OK &&
+        (sqlite3_prepare_v2(dst, STATS_UPSERT_SQL("live_stats"), -1, &ins, NULL) != SQLITE_OK ||
+         sqlite3_prepare_v2(live, "SELECT rec FROM stats_pending ORDER BY seq", -1, &recs,
+                            NULL) != SQLITE_OK)) {
+        rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
+    }
+    while (rc == ERR_OK && (r = sqlite3_step(recs)) == SQLITE_ROW) {
+        if (sdelta_rec_each(sqlite3_column_blob(recs, 0), (size_t)sqlite3_column_bytes(recs, 0),
+                            upsert_copy, ins) != ERR_OK) {
+            rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
+        }
+    }
+    if (rc == ERR_OK && sqlite3_exec(dst, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
+    }
+out:
+    sqlite3_finalize(cnt);
+    sqlite3_finalize(rows);
+    sqlite3_finalize(ins);
+    sqlite3_finalize(recs);
     return rc;
 }

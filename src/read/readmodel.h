@@ -7,6 +7,12 @@
  *                               (appends only touch the right edge)
  *   stats                       per campaign and per influencer: counters and
  *                               exact per-currency money totals in one row
+ *   stats_pending               statistics deltas of batches committed since
+ *                               the last fold (one record list a batch): the
+ *                               writer folds them into stats about once a
+ *                               second, and queries add them from a copy in
+ *                               memory (statsdelta.h), so a batch no longer
+ *                               rewrites a stats page for each key it touched
  *   checkpoints                 last applied position, per projection
  *   skipped                     events a projection did not know, by type
  *
@@ -41,8 +47,9 @@
 enum rm_scope { SCOPE_CAMPANA = 0, SCOPE_INFLUENCER = 1 };
 
 /* The tables' layout (PRAGMA user_version). 4: a key's per-currency totals
- * moved from their own table (stats_valor) into its stats row. */
-#define RM_SCHEMA_VERSION 4
+ * moved from their own table (stats_valor) into its stats row. 5:
+ * stats_pending, statistics deltas not yet folded into stats. */
+#define RM_SCHEMA_VERSION 5
 
 /* RM_BULK: a fresh file for `rastro rebuild`: no journal and no fsync
  * until rm_bulk_finish(). */
@@ -82,7 +89,10 @@ int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t p
 
 /* Adds to a campaign's or influencer's counters (last_us only moves
  * forward) and its per-currency totals: valores is a list of deltas in
- * money.h's form, sorted by currency ("" for none), summed exactly. */
+ * money.h's form, sorted by currency ("" for none), summed exactly. The
+ * live writer records the delta in the open batch (stats_pending at
+ * rm_commit; folded into stats about once a second, and when it closes);
+ * RM_BULK upserts the stats row at once. */
 int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int64_t d_imp,
                  int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
                  struct err *e) WARN_UNUSED;
@@ -102,7 +112,8 @@ int rm_query_list(struct readmodel *rm, enum rm_scope scope, const char *key,
                   struct err *e) WARN_UNUSED;
 int rm_query_stats(struct readmodel *rm, enum rm_scope scope, const char *key,
                    struct buf *out, struct err *e) WARN_UNUSED;
-/* Rows in impresiones and conversiones (kept per batch) and statistics rows. */
+/* Rows in impresiones and conversiones (kept per batch) and statistics
+ * rows (as of the last fold: new keys count up to a second late). */
 int rm_query_rows(struct readmodel *rm, int64_t *imp, int64_t *conv, int64_t *stats,
                   struct err *e) WARN_UNUSED;
 /* The index files' paths (for sizes). */
@@ -121,5 +132,14 @@ int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e) WARN_UN
 int rm_verify(const char *live_path,
               int (*build)(int64_t upto, char *fresh_path, size_t max, void *arg, struct err *e),
               void *arg, FILE *out, int64_t *diffs, struct err *e) WARN_UNUSED;
+
+/* For rm_verify: when the live read models (connection live, inside its
+ * snapshot) hold pending statistics, writes their stats plus what is
+ * pending into a temporary table live_stats of dst, the table a rebuild's
+ * stats must equal; *pending says how many batches were pending (0: none,
+ * nothing written). */
+struct sqlite3;
+int rm_stats_with_pending(struct sqlite3 *live, struct sqlite3 *dst, int64_t *pending,
+                          struct err *e) WARN_UNUSED;
 
 #endif

@@ -85,24 +85,26 @@ static uint64_t fold_row(uint64_t h, sqlite3_stmt *st)
     return h;
 }
 
-static int prepare(sqlite3 *db, const struct table *t, sqlite3_stmt **st, struct err *e)
+static int prepare(sqlite3 *db, const char *name, const struct table *t, sqlite3_stmt **st,
+                   struct err *e)
 {
     char sql[256];
-    snprintf(sql, sizeof(sql), "SELECT * FROM %s ORDER BY %s", t->name, t->order);
+    snprintf(sql, sizeof(sql), "SELECT * FROM %s ORDER BY %s", name, t->order);
     if (sqlite3_prepare_v2(db, sql, -1, st, NULL) != SQLITE_OK) {
         return err_set(e, ERR_IO, "%s: %s", sql, sqlite3_errmsg(db));
     }
     return ERR_OK;
 }
 
-/* Walks one table of both files in key order. */
-static int compare_table(sqlite3 *live, sqlite3 *fresh, const struct table *t, FILE *out,
-                         int64_t *diffs, struct err *e)
+/* Walks one table of both files in key order (live_name of live: the
+ * table itself, or a copy that adds what it has pending). */
+static int compare_table(sqlite3 *live, const char *live_name, sqlite3 *fresh,
+                         const struct table *t, FILE *out, int64_t *diffs, struct err *e)
 {
     sqlite3_stmt *a = NULL, *b = NULL;
-    int rc = prepare(live, t, &a, e);
+    int rc = prepare(live, live_name, t, &a, e);
     if (rc == ERR_OK) {
-        rc = prepare(fresh, t, &b, e);
+        rc = prepare(fresh, t->name, t, &b, e);
     }
     int64_t na = 0, nb = 0, nd = 0;
     uint64_t ha = 0xcbf29ce484222325ULL, hb = ha;
@@ -207,12 +209,21 @@ int rm_verify(const char *live_path,
     if (rc != ERR_OK) {
         goto out;
     }
-    if (sqlite3_open_v2(fresh_path, &fresh, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    /* read-write: a temporary table may hold the live statistics with
+     * what they have pending (the fresh file itself is not written) */
+    if (sqlite3_open_v2(fresh_path, &fresh, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         rc = err_set(e, ERR_IO, "opening %s: %s", fresh_path, sqlite3_errmsg(fresh));
         goto out;
     }
+    int64_t pending = 0;
+    rc = rm_stats_with_pending(live, fresh, &pending, e);
+    if (rc == ERR_OK && pending > 0) {
+        fprintf(out, "stats: with %lld batches' deltas not folded yet\n", (long long)pending);
+    }
     for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]) && rc == ERR_OK; i++) {
-        rc = compare_table(live, fresh, &tables[i], out, diffs, e);
+        bool both = pending > 0 && strcmp(tables[i].name, "stats") == 0;
+        rc = compare_table(both ? fresh : live, both ? "live_stats" : tables[i].name, fresh,
+                           &tables[i], out, diffs, e);
     }
 out:
     if (live != NULL) {

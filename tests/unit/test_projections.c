@@ -20,6 +20,7 @@
 #include "proj/stats.h"
 #include "read/money.h"
 #include "read/readmodel.h"
+#include "read/statsdelta.h"
 
 static struct tracking mk(enum tracking_kind kind, const char *id, const char *camp,
                           const char *infl, int64_t valor, const char *moneda)
@@ -272,18 +273,29 @@ static void test_money_totals_in_db(const char *dir)
     }
     CHECKF(strstr(out.p, "\"total_impresiones\":1,\"total_conversiones\":4") != NULL, "%s",
            out.p);
+    readmodel_close(rm);        /* folds the pending statistics into stats */
     sqlite3 *db = NULL;
     CHECK(sqlite3_open(path, &db) == SQLITE_OK &&
-          sqlite3_exec(db, "UPDATE stats SET valores='USD=12x/1'", NULL, NULL, NULL) == SQLITE_OK);
+          sqlite3_exec(db, "UPDATE stats SET valores='USD=12x/1'", NULL, NULL, NULL) == SQLITE_OK &&
+          sqlite3_changes(db) == 1);
     sqlite3_close(db);
+    CHECK(readmodel_open(path, RM_WRITER, NULL, &rm, &e) == ERR_OK);
     CHECK(rm_begin(rm, &e) == ERR_OK);
-    CHECK(rm_stats_add(rm, SCOPE_CAMPANA, "c", 0, 1, 1, "USD=1/1", 7, &e) == ERR_IO);
-    CHECKF(strstr(e.msg, "corrupt money total") != NULL, "%s", e.msg);
-    rm_rollback(rm);
+    CHECK(rm_stats_add(rm, SCOPE_CAMPANA, "c", 0, 1, 1, "USD=1/1", 7, &e) == ERR_OK);
+    CHECK(rm_commit(rm, &e) == ERR_OK);        /* pending: added at query time */
     buf_reset(&out);
     CHECK(rm_query_stats(rm, SCOPE_CAMPANA, "c", &out, &e) == ERR_IO);   /* not answered wrong */
+    CHECKF(strstr(e.msg, "corrupt money total") != NULL, "%s", e.msg);
     buf_fini(&out);
-    readmodel_close(rm);
+    readmodel_close(rm);        /* its fold fails on the corrupt row: rolled back, logged */
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    CHECK(sqlite3_prepare_v2(db, "SELECT count(*) FROM stats_pending", -1, &st, NULL) ==
+              SQLITE_OK && sqlite3_step(st) == SQLITE_ROW);
+    CHECKF(sqlite3_column_int(st, 0) == 1, "the delta stays pending: %d",
+           sqlite3_column_int(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
 }
 
 struct fixture {
@@ -513,6 +525,10 @@ static void test_flush_groups_by_key(const char *dir)
     }
     int64_t imp = 0, conv = 0, rows = 0;
     CHECK(rm_query_rows(f.rm, &imp, &conv, &rows, &e) == ERR_OK);
+    CHECKF(rows == 0, "%lld statistics rows before the fold", (long long)rows);
+    readmodel_close(f.rm);      /* folds */
+    CHECK(readmodel_open(f.path, RM_WRITER, NULL, &f.rm, &e) == ERR_OK);
+    CHECK(rm_query_rows(f.rm, &imp, &conv, &rows, &e) == ERR_OK);
     CHECKF(rows == 5, "%lld statistics rows", (long long)rows);
     buf_fini(&out);
     fx_close(&f);
@@ -708,6 +724,208 @@ static void test_starved_batch_thread(const char *dir)
     bus_close(bus);
 }
 
+
+/* Rows of a table, through a connection of its own (what is on disk). */
+static int count_rows(const char *path, const char *table)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+    int n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        n = sqlite3_column_int(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* The statistics record format: what goes in comes out, and a truncated
+ * list is an error, never a short read. */
+static int collect_rec(void *arg, const struct sdelta_rec *r)
+{
+    struct buf *b = arg;
+    return buf_printf(b, "%d|%.*s|%lld|%lld|%lld|%.*s;", r->scope, (int)r->klen, r->key,
+                      (long long)r->imp, (long long)r->conv, (long long)r->last, (int)r->vlen,
+                      r->vlen > 0 ? r->valores : "");
+}
+
+static void test_statsdelta(void)
+{
+    static const struct sdelta_rec recs[] = {
+        { 0, "c1", 2, 3, 0, 100, "", 0 },
+        { 1, "i1", 2, 0, 2, 90, "USD=125000/2", 12 },
+        { 0, "c1", 2, 1, 1, 50, "COP=10/1", 8 },
+        { 0, "", 0, 1, 0, -5, "", 0 },      /* empty key, negative time: carried as is */
+        { 1, "i1", 2, -1, 0, 200, "USD=-5/0", 8 },
+    };
+    struct buf b, got;
+    buf_init(&b, 0);
+    buf_init(&got, 0);
+    for (size_t i = 0; i < ARRAY_LEN(recs); i++) {
+        CHECK(sdelta_rec_put(&b, &recs[i]) == ERR_OK);
+    }
+    CHECK(sdelta_rec_each(b.p, b.len, collect_rec, &got) == ERR_OK);
+    CHECKF(got.p != NULL && strcmp(got.p, "0|c1|3|0|100|;1|i1|0|2|90|USD=125000/2;"
+                                          "0|c1|1|1|50|COP=10/1;0||1|0|-5|;1|i1|-1|0|200|USD=-5/0;") == 0,
+           "%s", got.p);
+    for (size_t cut = 1; cut < b.len; cut++) {     /* every truncation but the record ends */
+        buf_reset(&got);
+        int rc = sdelta_rec_each(b.p, cut, collect_rec, &got);
+        CHECK(rc == ERR_OK || rc == ERR_IO);
+        if (rc == ERR_OK) {     /* only at a record boundary */
+            size_t n = 0;
+            struct buf one;
+            buf_init(&one, 0);
+            for (size_t i = 0; i < ARRAY_LEN(recs) && one.len < cut; i++) {
+                CHECK(sdelta_rec_put(&one, &recs[i]) == ERR_OK);
+                n = one.len;
+            }
+            CHECKF(n == cut, "cut at %zu decoded without error", cut);
+            buf_fini(&one);
+        }
+    }
+    /* the map sums per key, keeps the latest time, merges currencies, and
+     * walks keys in the stats table's order */
+    struct sdelta *d = sdelta_new();
+    for (size_t i = 0; i < ARRAY_LEN(recs); i++) {
+        CHECK(sdelta_add(d, &recs[i]) == ERR_OK);
+    }
+    CHECK(sdelta_count(d) == 3);
+    const struct sdelta_rec *c1 = sdelta_get(d, 0, "c1");
+    CHECK(c1 != NULL && c1->imp == 4 && c1->conv == 1 && c1->last == 100 && c1->vlen == 8);
+    const struct sdelta_rec *i1 = sdelta_get(d, 1, "i1");
+    CHECKF(i1 != NULL && i1->imp == -1 && i1->last == 200 &&
+               strncmp(i1->valores, "USD=124995/2", i1->vlen) == 0 && i1->vlen == 12,
+           "%.*s", i1 ? (int)i1->vlen : 0, i1 ? i1->valores : "");
+    CHECK(sdelta_get(d, 1, "c1") == NULL && sdelta_get(d, 0, "i1") == NULL);
+    buf_reset(&got);
+    CHECK(sdelta_each_sorted(d, collect_rec, &got) == ERR_OK);
+    CHECKF(strcmp(got.p, "0||1|0|-5|;0|c1|4|1|100|COP=10/1;1|i1|-1|2|200|USD=124995/2;") == 0,
+           "%s", got.p);
+    struct sdelta_rec bad = { 0, "c1", 2, 0, 0, 0, "USD=x/1", 7 };
+    CHECK(sdelta_add(d, &bad) != ERR_OK);
+    struct sdelta_rec big = { 0, "c1", 2, INT64_MAX, 0, 0, "", 0 };
+    CHECK(sdelta_add(d, &big) == ERR_TOOBIG);
+    for (int i = 0; i < 5000; i++) {        /* growth keeps every key */
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        struct sdelta_rec r = { 1, k, strlen(k), i, 0, 0, "", 0 };
+        CHECK(sdelta_add(d, &r) == ERR_OK);
+    }
+    const struct sdelta_rec *k4 = sdelta_get(d, 1, "k4999");
+    CHECK(sdelta_count(d) == 5003 && k4 != NULL && k4->imp == 4999);
+    sdelta_clear(d);
+    CHECK(sdelta_count(d) == 0 && sdelta_get(d, 0, "c1") == NULL);
+    sdelta_free(d);
+    buf_fini(&b);
+    buf_fini(&got);
+}
+
+/* A live writer's statistics: pending after a batch (stats_pending on
+ * disk, added by queries of the writer and of readers), folded into stats
+ * a second later or when the writer closes, and read back from
+ * stats_pending by the next writer after a crash. */
+static void test_stats_pending(const char *dir)
+{
+    struct fixture f;
+    struct err e;
+    fx_open(&f, dir, "pending");
+    struct readmodel *reader = NULL;
+    CHECK(readmodel_open(f.path, RM_READER, readmodel_index(f.rm), &reader, &e) == ERR_OK);
+    static const struct {
+        const char *camp, *infl, *moneda;
+        int64_t valor;
+    } batch[] = {
+        { "p1", "q1", "", 0 }, { "p1", "q2", "USD", 1500 }, { "p2", "q1", "USD", 25 },
+        { "p1", "", "EUR", 7 },
+    };
+    struct buf out;
+    buf_init(&out, 0);
+    for (int round = 0; round < 2; round++) {
+        CHECK(rm_begin(f.rm, &e) == ERR_OK);
+        for (size_t i = 0; i < ARRAY_LEN(batch); i++) {
+            struct tracking t = mk(batch[i].moneda[0] ? KIND_CONVERSION : KIND_IMPRESION, "x",
+                                   batch[i].camp, batch[i].infl, batch[i].valor, batch[i].moneda);
+            stats_acc_apply(f.acc, &t, 1000 + (int64_t)i);
+        }
+        CHECK(stats_acc_flush(f.acc, f.rm, &e) == ERR_OK);
+        CHECK(rm_commit(f.rm, &e) == ERR_OK);
+    }
+    CHECKF(count_rows(f.path, "stats_pending") == 2 && count_rows(f.path, "stats") == 0,
+           "pending %d, stats %d", count_rows(f.path, "stats_pending"),
+           count_rows(f.path, "stats"));
+    static const struct {
+        enum rm_scope scope;
+        const char *key, *want;
+    } want[] = {
+        { SCOPE_CAMPANA, "p1", "\"total_impresiones\":2,\"total_conversiones\":4,"
+                               "\"valor_total_conversiones\":null" },
+        { SCOPE_CAMPANA, "p1", "\"valor_por_moneda\":{\"EUR\":0.0014,\"USD\":0.3}" },
+        { SCOPE_CAMPANA, "p2", "\"total_conversiones\":2,\"valor_total_conversiones\":0.005," },
+        { SCOPE_INFLUENCER, "q1", "\"total_impresiones\":2,\"total_conversiones\":2" },
+        { SCOPE_INFLUENCER, "q2", "\"valor_por_moneda\":{\"USD\":0.3}" },
+        { SCOPE_INFLUENCER, "nope", "\"total_impresiones\":0,\"total_conversiones\":0" },
+    };
+    /* the same answers: pending (writer, reader, a writer after a crash),
+     * folded by time, folded at close */
+    for (int phase = 0; phase < 5; phase++) {
+        struct readmodel *q = phase == 1 ? reader : f.rm;
+        struct readmodel *crashed = NULL;
+        if (phase == 2) {
+            /* a copy of the file as a crash leaves it (VACUUM INTO: one
+             * consistent snapshot), opened by a new writer elsewhere */
+            char copy[400];
+            snprintf(copy, sizeof(copy), "%s/pending-crash", dir);
+            CHECK(mkdir(copy, 0755) == 0);
+            snprintf(copy, sizeof(copy), "%s/pending-crash/readmodels.db", dir);
+            sqlite3 *db = NULL;
+            char sql[500];
+            snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", copy);
+            CHECK(sqlite3_open(f.path, &db) == SQLITE_OK &&
+                  sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+            sqlite3_close(db);
+            CHECK(readmodel_open(copy, RM_WRITER, NULL, &crashed, &e) == ERR_OK);
+            q = crashed;
+        }
+        if (phase == 3) {
+            usleep(1100 * 1000);        /* past the fold interval: the next commit folds */
+            CHECK(rm_begin(f.rm, &e) == ERR_OK);
+            CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, "nobody", 0, 0, 1, NULL, 0, &e) == ERR_OK);
+            CHECK(rm_commit(f.rm, &e) == ERR_OK);
+            CHECKF(count_rows(f.path, "stats_pending") == 0 && count_rows(f.path, "stats") == 5,
+                   "after the fold: pending %d, stats %d", count_rows(f.path, "stats_pending"),
+                   count_rows(f.path, "stats"));
+        }
+        if (phase == 4) {
+            CHECK(rm_begin(f.rm, &e) == ERR_OK);
+            CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, "nobody", 0, 0, 2, NULL, 0, &e) == ERR_OK);
+            CHECK(rm_commit(f.rm, &e) == ERR_OK);
+            CHECK(count_rows(f.path, "stats_pending") == 1);
+            readmodel_close(reader);
+            reader = NULL;
+            readmodel_close(f.rm);
+            CHECK(count_rows(f.path, "stats_pending") == 0 && count_rows(f.path, "stats") == 5);
+            CHECK(readmodel_open(f.path, RM_WRITER, NULL, &f.rm, &e) == ERR_OK);
+            q = f.rm;
+        }
+        for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+            buf_reset(&out);
+            CHECK(rm_query_stats(q, want[i].scope, want[i].key, &out, &e) == ERR_OK);
+            CHECKF(out.p != NULL && strstr(out.p, want[i].want) != NULL, "phase %d, %s: %s",
+                   phase, want[i].key, out.p);
+        }
+        buf_reset(&out);
+        CHECK(rm_query_list(q, SCOPE_CAMPANA, "p1", KIND_CONVERSION, 10, 0, &out, &e) == ERR_OK);
+        CHECKF(strstr(out.p, "\"total\":4") != NULL, "phase %d: %s", phase, out.p);
+        readmodel_close(crashed);
+    }
+    buf_fini(&out);
+    fx_close(&f);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/rastro-proj-XXXXXX";
@@ -723,6 +941,8 @@ int main(void)
     test_flush_groups_by_key(dir);
     test_bulk_equals_live(dir);
     test_starved_batch_thread(dir);
+    test_statsdelta();
+    test_stats_pending(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) {
