@@ -243,8 +243,12 @@ class SelfCheckTest(unittest.TestCase):
                     # a batch more than a second after the first folds the
                     # pending statistics into the stats table
                     time.sleep(1.2)
-                status, _, _, _ = srv.post("imp", {"id": "sc-%d" % i, K_CAMPANA: "sc-%d" % (i % 2)})
+                status, _, js, _ = srv.post("imp", {"id": "sc-%d" % i, K_CAMPANA: "sc-%d" % (i % 2)})
                 self.assertEqual(status, 202)
+            # projected (and so folded: the same commit) before the checks
+            status, _, _, _ = srv.request(
+                "GET", "/tracking/queries/impresiones/sc-4?min_position=%d" % js["position"])
+            self.assertEqual(status, 200)
             self.wait_metric(srv, "rastro_verify_runs_total",
                              lambda m: m["rastro_verify_runs_total"] >= 1 and
                              m["rastro_verify_last_run_timestamp_seconds"] > 0,
