@@ -80,6 +80,7 @@ struct projector {
     struct rmcache *cache;          /* statistics answers to invalidate; may be NULL */
     struct buf touched;             /* this batch's statistics keys */
     struct proj_decoded *live;      /* live batches: the chunk read, then applied */
+    int64_t fold_retry_us;          /* batch thread: no fold before (after a failed one) */
 };
 
 void projector_set_cache(struct projector *p, struct rmcache *cache)
@@ -532,6 +533,33 @@ static int step_once(struct projector *p, bool catchup, struct err *e)
     return n;
 }
 
+/* Folds the read models' pending statistics into their table when due
+ * (readmodel.h), on the batch thread between batches: after the batch's
+ * position is published and its readers woken, and not while the catch-up
+ * thread wants to apply (a fold holds step_mu for its whole transaction). */
+static void fold_stats(struct projector *p)
+{
+    if (atomic_load(&p->catchup_wants)) {
+        return;
+    }
+    int64_t now = time_mono_us();
+    if (now < p->fold_retry_us) {
+        return;
+    }
+    pthread_mutex_lock(&p->step_mu);
+    if (rm_fold_due(p->rm)) {
+        struct err e;
+        err_clear(&e);
+        if (rm_fold(p->rm, &e) != ERR_OK) {
+            /* queries still add what is pending; a second before the next
+             * try (and its log line: a full disk would repeat it) */
+            p->fold_retry_us = now + 1000 * 1000;
+            log_warn("cannot fold pending statistics; will retry", "err=\"%s\"", e.msg);
+        }
+    }
+    pthread_mutex_unlock(&p->step_mu);
+}
+
 static bool has_waiters(struct projector *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -628,6 +656,7 @@ static void *run(void *arg)
         }
         backoff_ms = 0;
         wake_waiters(p, false);
+        fold_stats(p);
         if (n >= BATCH_MAX) {
             continue;
         }

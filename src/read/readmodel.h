@@ -96,6 +96,12 @@ int rm_insert_tracking(struct readmodel *rm, const struct tracking *t, int64_t p
 int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int64_t d_imp,
                  int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
                  struct err *e) WARN_UNUSED;
+/* Whether the live writer's pending statistics should be folded into
+ * stats now (about once a second, or when many keys are pending), and the
+ * fold, in a transaction of its own (not inside an open batch). The
+ * writer folds what is left when it closes. */
+bool rm_fold_due(struct readmodel *rm);
+int rm_fold(struct readmodel *rm, struct err *e) WARN_UNUSED;
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e) WARN_UNUSED;
 
 /* ---- readers (query API); each writes a JSON document into out ---- */

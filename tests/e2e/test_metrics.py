@@ -245,10 +245,19 @@ class SelfCheckTest(unittest.TestCase):
                     time.sleep(1.2)
                 status, _, js, _ = srv.post("imp", {"id": "sc-%d" % i, K_CAMPANA: "sc-%d" % (i % 2)})
                 self.assertEqual(status, 202)
-            # projected (and so folded: the same commit) before the checks
+            # projected, and folded (the batch thread folds right after)
             status, _, _, _ = srv.request(
                 "GET", "/tracking/queries/impresiones/sc-4?min_position=%d" % js["position"])
             self.assertEqual(status, 200)
+            path = os.path.join(srv.data_dir, "readmodels.db")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                db = sqlite3.connect(path, timeout=10)
+                n = db.execute("SELECT count(*) FROM stats WHERE key = 'sc-1'").fetchone()[0]
+                db.close()
+                if n == 1:
+                    break
+                time.sleep(0.05)
             self.wait_metric(srv, "rastro_verify_runs_total",
                              lambda m: m["rastro_verify_runs_total"] >= 1 and
                              m["rastro_verify_last_run_timestamp_seconds"] > 0,
