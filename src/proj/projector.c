@@ -80,7 +80,7 @@ struct projector {
     struct rmcache *cache;          /* statistics answers to invalidate; may be NULL */
     struct buf touched;             /* this batch's statistics keys */
     struct proj_decoded *live;      /* live batches: the chunk read, then applied */
-    int64_t fold_retry_us;          /* batch thread: no fold before (after a failed one) */
+    int64_t fold_retry_us;          /* under step_mu: no fold before (after a failed one) */
 };
 
 void projector_set_cache(struct projector *p, struct rmcache *cache)
@@ -534,27 +534,30 @@ static int step_once(struct projector *p, bool catchup, struct err *e)
 }
 
 /* Folds the read models' pending statistics into their table when due
- * (readmodel.h), on the batch thread between batches: after the batch's
- * position is published and its readers woken, and not while the catch-up
- * thread wants to apply (a fold holds step_mu for its whole transaction). */
-static void fold_stats(struct projector *p)
+ * (readmodel.h), a slice at a time for up to FOLD_BUDGET_MS, after a
+ * batch's position is published and its readers woken. The batch thread
+ * stops between slices when the catch-up thread wants to apply (a slice
+ * holds step_mu for its transaction); the catch-up thread folds only
+ * when the pending keys would otherwise grow without bound. */
+#define FOLD_BUDGET_MS 10
+
+static void fold_stats(struct projector *p, bool catchup)
 {
-    if (atomic_load(&p->catchup_wants)) {
-        return;
-    }
     int64_t now = time_mono_us();
-    if (now < p->fold_retry_us) {
-        return;
-    }
     pthread_mutex_lock(&p->step_mu);
-    if (rm_fold_due(p->rm)) {
+    bool more = now >= p->fold_retry_us && rm_fold_due(p->rm) >= (catchup ? 2 : 1);
+    while (more && (catchup || !atomic_load(&p->catchup_wants))) {
         struct err e;
         err_clear(&e);
-        if (rm_fold(p->rm, &e) != ERR_OK) {
+        if (rm_fold_step(p->rm, &more, &e) != ERR_OK) {
             /* queries still add what is pending; a second before the next
              * try (and its log line: a full disk would repeat it) */
             p->fold_retry_us = now + 1000 * 1000;
             log_warn("cannot fold pending statistics; will retry", "err=\"%s\"", e.msg);
+            break;
+        }
+        if (time_mono_us() - now >= FOLD_BUDGET_MS * 1000) {
+            break;
         }
     }
     pthread_mutex_unlock(&p->step_mu);
@@ -610,6 +613,7 @@ static void *run_catchup(void *arg)
         atomic_store(&p->catchup_wants, true);
         int n = step_once(p, true, &e);
         wake_waiters(p, false);
+        fold_stats(p, true);
         if (n < 0) {
             /* the batch thread logs the error and backs off; retry less often */
             atomic_store(&p->catchup_wants, false);
@@ -656,7 +660,7 @@ static void *run(void *arg)
         }
         backoff_ms = 0;
         wake_waiters(p, false);
-        fold_stats(p);
+        fold_stats(p, false);
         if (n >= BATCH_MAX) {
             continue;
         }

@@ -39,7 +39,8 @@ enum stmt_id {
     S_INS_IMP, S_INS_CONV,
     S_STATS_ADD, S_SKIP,
     S_ROW_IMP, S_ROW_CONV, S_META_GET, S_UNINDEXED, S_COUNT_ADD, S_COUNTS, S_STATS_ROWS,
-    S_STATS_GET, S_POSITION, S_BEGIN, S_COMMIT, S_PEND_ADD, S_PEND_ALL, S_PEND_CLEAR,
+    S_STATS_GET, S_POSITION, S_BEGIN, S_COMMIT, S_PEND_ADD, S_PEND_ALL, S_PEND_DROP,
+    S_FOLD_GET, S_FOLD_SET, S_FOLD_CLEAR,
     S__COUNT
 };
 
@@ -80,8 +81,13 @@ static const char *const stmt_sql[S__COUNT] = {
     /* a query's read transaction: prepared once, not parsed per query
      * (sqlite3_exec was 10 % of a by-id miss) */
     [S_PEND_ADD] = "INSERT INTO stats_pending(rec) VALUES(?)",
-    [S_PEND_ALL] = "SELECT rec FROM stats_pending ORDER BY seq",
-    [S_PEND_CLEAR] = "DELETE FROM stats_pending",
+    [S_PEND_ALL] = "SELECT seq, rec FROM stats_pending ORDER BY seq",
+    [S_PEND_DROP] = "DELETE FROM stats_pending WHERE seq <= ?",
+    [S_FOLD_GET] = "SELECT seq, scope, key FROM stats_fold",
+    [S_FOLD_SET] = "INSERT INTO stats_fold(id, seq, scope, key) VALUES(1,?1,?2,?3)"
+                   " ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, scope=excluded.scope,"
+                   " key=excluded.key",
+    [S_FOLD_CLEAR] = "DELETE FROM stats_fold",
     [S_BEGIN] = "BEGIN",
     [S_COMMIT] = "COMMIT",
 };
@@ -89,7 +95,13 @@ static const char *const stmt_sql[S__COUNT] = {
 /* A batch's statistics deltas, one record list a batch (statsdelta.h),
  * until the writer folds them into stats. */
 #define STATS_PENDING_SQL \
-    "CREATE TABLE IF NOT EXISTS stats_pending(seq INTEGER PRIMARY KEY, rec BLOB NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS stats_pending(seq INTEGER PRIMARY KEY, rec BLOB NOT NULL);" \
+    STATS_FOLD_SQL
+/* A fold under way (at most one row): stats_pending's records up to seq
+ * of keys up to (scope, key), in key order, are already in stats. */
+#define STATS_FOLD_SQL \
+    "CREATE TABLE IF NOT EXISTS stats_fold(id INTEGER PRIMARY KEY CHECK(id = 1)," \
+    " seq INTEGER NOT NULL, scope INTEGER NOT NULL, key TEXT NOT NULL);"
 
 static const char *tables_sql =
     "CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);"
@@ -131,6 +143,7 @@ struct rm_index {
      * the same commit: a fold's rows exactly when ps is empty again. */
     pthread_rwlock_t ps_lock;
     struct sdelta *ps;
+    struct sdelta *fs;          /* a fold under way: what it has not folded yet */
     char ids_path[4400];
     char lists_path[4400];
 };
@@ -155,7 +168,14 @@ struct readmodel {
     struct buf batch_stats;     /* writer: the open batch's statistics deltas (records) */
     int64_t folded_us;          /* writer: when pending statistics were last folded */
     int64_t wal_frames;         /* writer: frames in the WAL after the last commit */
-    bool folding;               /* writer: the open transaction folds pending statistics */
+    int64_t batch_seq;          /* writer: stats_pending row the open batch wrote */
+    int64_t last_seq;           /* writer: stats_pending's last committed row */
+    /* writer: a fold under way: fs's keys in key order, folded up to
+     * fold_i; the open transaction, when slicing, folds up to slice_end */
+    const struct sdelta_rec **fold_keys;
+    size_t fold_n, fold_i, slice_end;
+    bool slicing;
+    int64_t fold_seq;           /* the last stats_pending row the fold covers */
 };
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
@@ -192,6 +212,7 @@ static void index_close(struct rm_index *ix)
         lsmidx_close(ix->ids);
         lsmidx_close(ix->lists);
         sdelta_free(ix->ps);
+        sdelta_free(ix->fs);
         pthread_rwlock_destroy(&ix->ps_lock);
         free(ix);
     }
@@ -225,6 +246,7 @@ void readmodel_close(struct readmodel *rm)
     free(rm->pend_ids.v);
     free(rm->pend_lists.v);
     buf_fini(&rm->batch_stats);
+    free(rm->fold_keys);
     free(rm->path);
     free(rm);
 }
@@ -412,6 +434,7 @@ static int open_index(struct readmodel *rm, struct err *e)
     pthread_rwlock_init(&rm->ix->ps_lock, &la);
     pthread_rwlockattr_destroy(&la);
     rm->ix->ps = sdelta_new();
+    rm->ix->fs = sdelta_new();
     snprintf(rm->ix->ids_path, sizeof(rm->ix->ids_path), "%s/rm-%s.ids", d, gen);
     snprintf(rm->ix->lists_path, sizeof(rm->ix->lists_path), "%s/rm-%s.lists", d, gen);
     int bulk = rm->mode == RM_BULK ? LSMIDX_BULK : 0;
@@ -490,28 +513,100 @@ static int open_index(struct readmodel *rm, struct err *e)
     return ERR_OK;
 }
 
-static int add_to_ps(void *arg, const struct sdelta_rec *r);
+static int add_to_map(void *arg, const struct sdelta_rec *r);
 static int on_wal(void *arg, sqlite3 *db, const char *name, int frames);
 
-/* The writer's copy in memory of stats_pending (statsdelta.h). */
-static int load_pending(struct readmodel *rm, struct err *e)
+/* Walking stats_pending's records that are not in stats yet: those of a
+ * fold under way (stats_fold) up to its cursor are. */
+struct pending_walk {
+    bool fold_on;               /* stats_fold has its row */
+    int64_t fold_seq;
+    int fold_scope;
+    char *fold_key;
+    size_t fold_klen;
+    int64_t seq, last_seq;      /* the row being walked, the last one */
+    int (*fn)(void *arg, const struct pending_walk *w, const struct sdelta_rec *r);
+    void *arg;
+};
+
+static int walk_rec(void *arg, const struct sdelta_rec *r)
 {
-    sqlite3_stmt *st = stmt(rm, S_PEND_ALL, e);
-    if (st == NULL) {
-        return ERR_IO;
+    const struct pending_walk *w = arg;
+    if (w->fold_on && w->seq <= w->fold_seq &&
+        sdelta_key_cmp(r->scope, r->key, r->klen, w->fold_scope, w->fold_key, w->fold_klen) <= 0) {
+        return ERR_OK;      /* folded already */
     }
-    int r, rc = ERR_OK;
+    return w->fn(w->arg, w, r);
+}
+
+/* On any connection to the read models (the writer's, or rm_verify's
+ * inside its snapshot). */
+static int walk_pending(sqlite3 *db, struct pending_walk *w, struct err *e)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = ERR_OK;
+    w->fold_on = false;
+    w->fold_key = NULL;
+    w->last_seq = 0;
+    if (sqlite3_prepare_v2(db, stmt_sql[S_FOLD_GET], -1, &st, NULL) != SQLITE_OK) {
+        return err_set(e, ERR_IO, "reading the fold cursor: %s", sqlite3_errmsg(db));
+    }
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        w->fold_on = true;
+        w->fold_seq = sqlite3_column_int64(st, 0);
+        w->fold_scope = sqlite3_column_int(st, 1);
+        w->fold_klen = (size_t)sqlite3_column_bytes(st, 2);
+        w->fold_key = xmalloc(w->fold_klen + 1);
+        memcpy(w->fold_key, sqlite3_column_text(st, 2), w->fold_klen + 1);
+    } else if (r != SQLITE_DONE) {
+        rc = err_set(e, ERR_IO, "reading the fold cursor: %s", sqlite3_errmsg(db));
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == ERR_OK && sqlite3_prepare_v2(db, stmt_sql[S_PEND_ALL], -1, &st, NULL) != SQLITE_OK) {
+        rc = err_set(e, ERR_IO, "reading pending statistics: %s", sqlite3_errmsg(db));
+    }
     while (rc == ERR_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (sdelta_rec_each(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
-                            add_to_ps, rm->ix->ps) != ERR_OK) {
-            rc = err_set(e, ERR_IO, "corrupt pending statistics in %s: `rastro rebuild`",
-                         rm->path);
+        w->seq = w->last_seq = sqlite3_column_int64(st, 0);
+        int x = sdelta_rec_each(sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1),
+                                walk_rec, w);
+        if (x != ERR_OK) {
+            rc = err_set(e, ERR_IO, "corrupt pending statistics (row %lld): `rastro rebuild`",
+                         (long long)w->seq);
         }
     }
     if (rc == ERR_OK && r != SQLITE_DONE) {
-        rc = db_err(rm, e, "reading pending statistics");
+        rc = err_set(e, ERR_IO, "reading pending statistics: %s", sqlite3_errmsg(db));
     }
-    sqlite3_reset(st);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Records of a fold under way go to fs, to be folded in it; later ones
+ * to ps. */
+static int load_rec(void *arg, const struct pending_walk *w, const struct sdelta_rec *r)
+{
+    struct rm_index *ix = arg;
+    return sdelta_add(w->fold_on && w->seq <= w->fold_seq ? ix->fs : ix->ps, r);
+}
+
+/* The writer's copies in memory of stats_pending (statsdelta.h), and a
+ * fold a crash interrupted, to be finished first (a new one would move
+ * the cursor over records it covers). */
+static int load_pending(struct readmodel *rm, struct err *e)
+{
+    struct pending_walk w = { .fn = load_rec, .arg = rm->ix };
+    int rc = walk_pending(rm->db, &w, e);
+    free(w.fold_key);
+    if (rc == ERR_OK) {
+        rm->last_seq = w.last_seq;
+        if (w.fold_on) {
+            rm->fold_seq = w.fold_seq;
+            rm->fold_keys = sdelta_sorted(rm->ix->fs, &rm->fold_n);
+            rm->fold_i = 0;
+        }
+    }
     rm->folded_us = time_mono_us();
     return rc;
 }
@@ -670,24 +765,25 @@ int rm_begin(struct readmodel *rm, struct err *e)
     rm->pend_ids.n = rm->pend_lists.n = 0;
     rm->batch_rows[0] = rm->batch_rows[1] = 0;
     buf_reset(&rm->batch_stats);
-    rm->folding = false;
+    rm->slicing = false;
+    rm->batch_seq = 0;
     return exec(rm, "BEGIN IMMEDIATE", e);
 }
 
 static int step_done(struct readmodel *rm, sqlite3_stmt *st, struct err *e, const char *what);
 
 /* Pending statistics are due to be folded into stats this often, or
- * sooner once this many keys are pending (rm_fold_due). A fold is one
- * upsert a key, and the next batch (and a read-your-write reader waiting
- * for it) waits behind it: folding up to 100,000 keys at once took tens of
- * milliseconds, and the lag's p99 at half load went 65-82 -> 95-108 ms.
- * 8,192 bounds a fold's work whatever the key count; with few hot keys it
- * still folds once a second. Past FOLD_KEYS_MAX (the projector has not
- * found the time: a busy catch-up thread) a batch folds in its own
- * transaction, so memory stays bounded (~150 bytes a key). */
+ * sooner once this many keys are pending (rm_fold_due; ~150 bytes of
+ * memory a key). A fold walks the pending keys in the table's order in
+ * slices of FOLD_SLICE keys, a transaction each, so each stats page is
+ * rewritten about once a fold, and batches (and readers waiting for them)
+ * run between slices: folding 100,000 keys in one transaction took tens
+ * of milliseconds, and the lag's p99 at half load went 65-82 -> 95-108
+ * ms; folds of 8,192 keys at once came as often as batches with random
+ * keys and saved nothing. */
 #define FOLD_MS 1000
-#define FOLD_KEYS 8192
-#define FOLD_KEYS_MAX 65536
+#define FOLD_KEYS 65536
+#define FOLD_SLICE 2048
 /* The writer checkpoints its WAL past this many frames (8 MiB at 4 KiB a
  * page), after a commit and outside ps_lock: SQLite's own autocheckpoint
  * would run inside the COMMIT, with readers of statistics waiting on it.
@@ -696,11 +792,6 @@ static int step_done(struct readmodel *rm, sqlite3_stmt *st, struct err *e, cons
  * 11.2 -> 7.2-8.1 ms, lag p99 81 -> 70-72 ms at half load; 1,024 pages:
  * same p99, 10 % more bytes written). */
 #define CHECKPOINT_FRAMES 2048
-
-struct upsert_ctx {
-    struct readmodel *rm;
-    struct err *e;
-};
 
 static void bind_rec(sqlite3_stmt *st, const struct sdelta_rec *r)
 {
@@ -712,59 +803,26 @@ static void bind_rec(sqlite3_stmt *st, const struct sdelta_rec *r)
     sqlite3_bind_text(st, 6, r->vlen > 0 ? r->valores : "", (int)r->vlen, SQLITE_STATIC);
 }
 
-static int upsert_rec(void *arg, const struct sdelta_rec *r)
-{
-    struct upsert_ctx *c = arg;
-    sqlite3_stmt *st = stmt(c->rm, S_STATS_ADD, c->e);
-    if (st == NULL) {
-        return ERR_IO;
-    }
-    bind_rec(st, r);
-    return step_done(c->rm, st, c->e, "updating statistics");
-}
-
-static int add_to_ps(void *arg, const struct sdelta_rec *r)
+static int add_to_map(void *arg, const struct sdelta_rec *r)
 {
     return sdelta_add(arg, r);
 }
 
-/* Writes every pending delta and the open batch's into stats and empties
- * stats_pending, in the open transaction; the commit then empties ps. */
-static int fold_pending(struct readmodel *rm, struct err *e)
-{
-    struct upsert_ctx c = { .rm = rm, .e = e };
-    int rc = sdelta_each_sorted(rm->ix->ps, upsert_rec, &c);
-    if (rc == ERR_OK) {
-        rc = sdelta_rec_each(rm->batch_stats.p, rm->batch_stats.len, upsert_rec, &c);
-    }
-    sqlite3_stmt *st = rc == ERR_OK ? stmt(rm, S_PEND_CLEAR, e) : NULL;
-    if (st != NULL) {
-        rc = step_done(rm, st, e, "clearing pending statistics");
-    }
-    if (rc == ERR_OK) {
-        buf_reset(&rm->batch_stats);
-        rm->folding = true;
-    }
-    return rc != ERR_OK && e->msg[0] == '\0' ? err_set(e, rc, "folding statistics") : rc;
-}
-
 /* Before a live writer's COMMIT: the batch's statistics go to
- * stats_pending as one record list (or, past FOLD_KEYS_MAX, everything
- * pending is folded now). */
+ * stats_pending as one record list. */
 static int write_stats(struct readmodel *rm, struct err *e)
 {
-    if (rm->folding || rm->batch_stats.len == 0) {
+    if (rm->batch_stats.len == 0) {
         return ERR_OK;
-    }
-    if (sdelta_count(rm->ix->ps) >= FOLD_KEYS_MAX) {
-        return fold_pending(rm, e);
     }
     sqlite3_stmt *st = stmt(rm, S_PEND_ADD, e);
     if (st == NULL) {
         return ERR_IO;
     }
     sqlite3_bind_blob(st, 1, rm->batch_stats.p, (int)rm->batch_stats.len, SQLITE_STATIC);
-    return step_done(rm, st, e, "writing pending statistics");
+    int rc = step_done(rm, st, e, "writing pending statistics");
+    rm->batch_seq = rc == ERR_OK ? sqlite3_last_insert_rowid(rm->db) : 0;
+    return rc;
 }
 
 static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
@@ -775,24 +833,40 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/* COMMIT, and ps brought to what was committed, under ps_lock. */
+/* COMMIT, and the maps in memory brought to what was committed, under
+ * ps_lock: the batch's deltas into ps, or a fold slice's keys retired
+ * from fs (all of fs once the fold is over). */
 static int commit_stats(struct readmodel *rm, struct err *e)
 {
     struct rm_index *ix = rm->ix;
     pthread_rwlock_wrlock(&ix->ps_lock);
     int rc = exec(rm, "COMMIT", e);
-    if (rc == ERR_OK && rm->folding) {
-        sdelta_clear(ix->ps);
-        rm->folded_us = time_mono_us();
+    if (rc == ERR_OK && rm->slicing) {
+        for (size_t i = rm->fold_i; i < rm->slice_end; i++) {
+            sdelta_retire(ix->fs, rm->fold_keys[i]);
+        }
+        rm->fold_i = rm->slice_end;
+        if (rm->fold_i == rm->fold_n) {
+            sdelta_clear(ix->fs);
+            free(rm->fold_keys);
+            rm->fold_keys = NULL;
+            rm->fold_n = rm->fold_i = 0;
+            rm->fold_seq = 0;
+            rm->folded_us = time_mono_us();
+        }
     } else if (rc == ERR_OK &&
-               sdelta_rec_each(rm->batch_stats.p, rm->batch_stats.len, add_to_ps, ix->ps) != ERR_OK) {
+               sdelta_rec_each(rm->batch_stats.p, rm->batch_stats.len, add_to_map, ix->ps) != ERR_OK) {
         /* cannot happen (the records were written here, sums of int64
          * counts do not overflow); queries would count short until the
          * next start reads stats_pending again */
         log_error("pending statistics not added in memory", NULL);
     }
+    if (rc == ERR_OK && rm->batch_seq > 0) {
+        rm->last_seq = rm->batch_seq;
+    }
     pthread_rwlock_unlock(&ix->ps_lock);
-    rm->folding = false;
+    rm->slicing = false;
+    rm->batch_seq = 0;
     buf_reset(&rm->batch_stats);
     if (rc == ERR_OK && rm->wal_frames >= CHECKPOINT_FRAMES) {
         sqlite3_wal_checkpoint_v2(rm->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
@@ -801,26 +875,105 @@ static int commit_stats(struct readmodel *rm, struct err *e)
     return rc;
 }
 
-bool rm_fold_due(struct readmodel *rm)
+int rm_fold_due(struct readmodel *rm)
 {
-    size_t n = rm->mode == RM_WRITER ? sdelta_count(rm->ix->ps) : 0;
-    return n > 0 && (n >= FOLD_KEYS || time_mono_us() - rm->folded_us >= FOLD_MS * 1000);
+    if (rm->mode != RM_WRITER) {
+        return 0;
+    }
+    size_t n = sdelta_count(rm->ix->ps);
+    if (rm->fold_keys != NULL || n >= FOLD_KEYS) {
+        return n >= FOLD_KEYS ? 2 : 1;
+    }
+    return n > 0 && time_mono_us() - rm->folded_us >= FOLD_MS * 1000 ? 1 : 0;
 }
 
-int rm_fold(struct readmodel *rm, struct err *e)
+/* Starts a fold: what ps holds (the deltas of stats_pending's records up
+ * to last_seq) moves to fs, to be folded in key order. */
+static void fold_start(struct readmodel *rm)
 {
-    if (rm->mode != RM_WRITER || sdelta_count(rm->ix->ps) == 0) {
+    struct rm_index *ix = rm->ix;
+    pthread_rwlock_wrlock(&ix->ps_lock);
+    struct sdelta *t = ix->fs;      /* empty */
+    ix->fs = ix->ps;
+    ix->ps = t;
+    pthread_rwlock_unlock(&ix->ps_lock);
+    rm->fold_seq = rm->last_seq;
+    rm->fold_keys = sdelta_sorted(ix->fs, &rm->fold_n);
+    rm->fold_i = 0;
+}
+
+int rm_fold_step(struct readmodel *rm, bool *more, struct err *e)
+{
+    *more = false;
+    if (rm->mode != RM_WRITER) {
         return ERR_OK;
     }
+    if (rm->fold_keys == NULL) {
+        if (sdelta_count(rm->ix->ps) == 0) {
+            return ERR_OK;
+        }
+        fold_start(rm);
+    }
     int rc = rm_begin(rm, e);
-    if (rc == ERR_OK) {
-        rc = fold_pending(rm, e);
+    size_t end = rm->fold_i + FOLD_SLICE < rm->fold_n ? rm->fold_i + FOLD_SLICE : rm->fold_n;
+    for (size_t i = rm->fold_i; i < end && rc == ERR_OK; i++) {
+        sqlite3_stmt *st = stmt(rm, S_STATS_ADD, e);
+        if (st == NULL) {
+            rc = ERR_IO;
+            break;
+        }
+        bind_rec(st, rm->fold_keys[i]);
+        rc = step_done(rm, st, e, "folding statistics");
+    }
+    sqlite3_stmt *st = NULL;
+    if (rc == ERR_OK && end == rm->fold_n) {
+        /* the last slice: the records folded go, and so does the cursor */
+        st = stmt(rm, S_PEND_DROP, e);
+        if (st != NULL) {
+            sqlite3_bind_int64(st, 1, rm->fold_seq);
+            rc = step_done(rm, st, e, "clearing pending statistics");
+        }
+        st = rc == ERR_OK ? stmt(rm, S_FOLD_CLEAR, e) : NULL;
+        if (st != NULL) {
+            rc = step_done(rm, st, e, "clearing the fold cursor");
+        }
+    } else if (rc == ERR_OK) {
+        /* records up to fold_seq of keys up to the slice's last are in
+         * stats now (a restart skips them: load_pending) */
+        const struct sdelta_rec *k = rm->fold_keys[end - 1];
+        st = stmt(rm, S_FOLD_SET, e);
+        if (st != NULL) {
+            sqlite3_bind_int64(st, 1, rm->fold_seq);
+            sqlite3_bind_int(st, 2, k->scope);
+            sqlite3_bind_text(st, 3, k->key, (int)k->klen, SQLITE_STATIC);
+            rc = step_done(rm, st, e, "moving the fold cursor");
+        }
+    }
+    if (rc == ERR_OK && st == NULL) {
+        rc = ERR_IO;
     }
     if (rc == ERR_OK) {
+        rm->slicing = true;
+        rm->slice_end = end;
         rc = rm_commit(rm, e);
     }
     if (rc != ERR_OK) {
         rm_rollback(rm);
+        return rc;
+    }
+    *more = rm->fold_keys != NULL;
+    return ERR_OK;
+}
+
+int rm_fold(struct readmodel *rm, struct err *e)
+{
+    bool more = true;
+    int rc = ERR_OK;
+    /* the fold under way, then one of whatever is pending */
+    for (int folds = 0; rc == ERR_OK && folds < 2; folds++) {
+        do {
+            rc = rm_fold_step(rm, &more, e);
+        } while (rc == ERR_OK && more);
     }
     return rc;
 }
@@ -857,7 +1010,8 @@ void rm_rollback(struct readmodel *rm)
 {
     rm->pend_ids.n = rm->pend_lists.n = 0;
     buf_reset(&rm->batch_stats);
-    rm->folding = false;
+    rm->slicing = false;
+    rm->batch_seq = 0;
     sqlite3_exec(rm->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
@@ -1131,21 +1285,24 @@ static int stats_counts(struct readmodel *rm, enum rm_scope scope, const char *k
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    const struct sdelta_rec *d = rc == ERR_OK ? sdelta_get(rm->ix->ps, (int)scope, key) : NULL;
-    if (d != NULL) {
+    for (int m = 0; m < 2 && rc == ERR_OK; m++) {
+        const struct sdelta_rec *d = sdelta_get(m == 0 ? rm->ix->fs : rm->ix->ps, (int)scope, key);
+        if (d == NULL) {
+            continue;
+        }
         *imp += d->imp;
         *conv += d->conv;
         *last = d->last > *last ? d->last : *last;
         if (valores != NULL && d->vlen > 0) {
-            struct buf m;
-            buf_init(&m, 0);
+            struct buf merged;
+            buf_init(&merged, 0);
             rc = money_totals_merge(valores->len > 0 ? valores->p : "", valores->len, d->valores,
-                                    d->vlen, &m);
+                                    d->vlen, &merged);
             if (rc == ERR_OK) {
                 buf_reset(valores);
-                rc = buf_append(valores, m.p, m.len);
+                rc = buf_append(valores, merged.p, merged.len);
             }
-            buf_fini(&m);
+            buf_fini(&merged);
             if (rc != ERR_OK) {
                 rc = err_set(e, ERR_IO, "corrupt money total for %s", key);
             }
@@ -1334,8 +1491,9 @@ int rm_query_position(struct readmodel *rm, int64_t *pos, struct err *e)
 
 /* ---- rm_verify's view of the statistics ---- */
 
-static int upsert_copy(void *arg, const struct sdelta_rec *r)
+static int upsert_copy(void *arg, const struct pending_walk *w, const struct sdelta_rec *r)
 {
+    (void)w;
     sqlite3_stmt *st = arg;
     bind_rec(st, r);
     int x = sqlite3_step(st);
@@ -1345,7 +1503,7 @@ static int upsert_copy(void *arg, const struct sdelta_rec *r)
 
 int rm_stats_with_pending(sqlite3 *live, sqlite3 *dst, int64_t *pending, struct err *e)
 {
-    sqlite3_stmt *cnt = NULL, *rows = NULL, *ins = NULL, *recs = NULL;
+    sqlite3_stmt *cnt = NULL, *rows = NULL, *ins = NULL;
     int rc = ERR_OK;
     *pending = 0;
     if (sqlite3_prepare_v2(live, "SELECT count(*) FROM stats_pending", -1, &cnt, NULL) !=
@@ -1384,16 +1542,13 @@ int rm_stats_with_pending(sqlite3 *live, sqlite3 *dst, int64_t *pending, struct 
     sqlite3_finalize(ins);
     ins = NULL;
     if (rc == ERR_OK &&
-        (sqlite3_prepare_v2(dst, STATS_UPSERT_SQL("live_stats"), -1, &ins, NULL) != SQLITE_OK ||
-         sqlite3_prepare_v2(live, "SELECT rec FROM stats_pending ORDER BY seq", -1, &recs,
-                            NULL) != SQLITE_OK)) {
+        sqlite3_prepare_v2(dst, STATS_UPSERT_SQL("live_stats"), -1, &ins, NULL) != SQLITE_OK) {
         rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
     }
-    while (rc == ERR_OK && (r = sqlite3_step(recs)) == SQLITE_ROW) {
-        if (sdelta_rec_each(sqlite3_column_blob(recs, 0), (size_t)sqlite3_column_bytes(recs, 0),
-                            upsert_copy, ins) != ERR_OK) {
-            rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
-        }
+    if (rc == ERR_OK) {
+        struct pending_walk w = { .fn = upsert_copy, .arg = ins };
+        rc = walk_pending(live, &w, e);     /* what a fold under way folded is in stats */
+        free(w.fold_key);
     }
     if (rc == ERR_OK && sqlite3_exec(dst, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
         rc = err_set(e, ERR_IO, "adding pending statistics: %s", sqlite3_errmsg(dst));
@@ -1402,6 +1557,5 @@ out:
     sqlite3_finalize(cnt);
     sqlite3_finalize(rows);
     sqlite3_finalize(ins);
-    sqlite3_finalize(recs);
     return rc;
 }

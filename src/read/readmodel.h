@@ -10,9 +10,11 @@
  *   stats_pending               statistics deltas of batches committed since
  *                               the last fold (one record list a batch): the
  *                               writer folds them into stats about once a
- *                               second, and queries add them from a copy in
- *                               memory (statsdelta.h), so a batch no longer
- *                               rewrites a stats page for each key it touched
+ *                               second, in key-ordered slices, and queries
+ *                               add them from copies in memory (statsdelta.h),
+ *                               so a batch no longer rewrites a stats page
+ *                               for each key it touched
+ *   stats_fold                  a fold under way: how far it has got
  *   checkpoints                 last applied position, per projection
  *   skipped                     events a projection did not know, by type
  *
@@ -37,6 +39,7 @@
 #ifndef RASTRO_READ_READMODEL_H
 #define RASTRO_READ_READMODEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -48,7 +51,7 @@ enum rm_scope { SCOPE_CAMPANA = 0, SCOPE_INFLUENCER = 1 };
 
 /* The tables' layout (PRAGMA user_version). 4: a key's per-currency totals
  * moved from their own table (stats_valor) into its stats row. 5:
- * stats_pending, statistics deltas not yet folded into stats. */
+ * stats_pending and stats_fold, statistics deltas not yet folded into stats. */
 #define RM_SCHEMA_VERSION 5
 
 /* RM_BULK: a fresh file for `rastro rebuild`: no journal and no fsync
@@ -97,10 +100,14 @@ int rm_stats_add(struct readmodel *rm, enum rm_scope scope, const char *key, int
                  int64_t d_conv, int64_t last_us, const char *valores, size_t valores_len,
                  struct err *e) WARN_UNUSED;
 /* Whether the live writer's pending statistics should be folded into
- * stats now (about once a second, or when many keys are pending), and the
- * fold, in a transaction of its own (not inside an open batch). The
- * writer folds what is left when it closes. */
-bool rm_fold_due(struct readmodel *rm);
+ * stats now: 0 no, 1 yes (a fold is under way, a second has passed, or
+ * many keys are pending), 2 urgently (memory: 65,536 keys pending). */
+int rm_fold_due(struct readmodel *rm);
+/* One slice of a fold (started if none is under way), in a transaction of
+ * its own, not inside an open batch; *more when the fold has slices left.
+ * Batches may run between slices. */
+int rm_fold_step(struct readmodel *rm, bool *more, struct err *e) WARN_UNUSED;
+/* Folds everything pending (the writer does when it closes). */
 int rm_fold(struct readmodel *rm, struct err *e) WARN_UNUSED;
 int rm_count_skipped(struct readmodel *rm, const char *type, int64_t n, struct err *e) WARN_UNUSED;
 

@@ -94,8 +94,9 @@ int sdelta_rec_each(const char *p, size_t n, int (*fn)(void *arg, const struct s
 /* ---- the map ---- */
 
 struct entry {
+    struct sdelta_rec r;    /* first (sdelta_retire); key and valores owned, key NUL-terminated */
     uint64_t h;
-    struct sdelta_rec r;    /* key and valores owned (key NUL-terminated) */
+    bool retired;
 };
 
 struct sdelta {
@@ -235,7 +236,22 @@ const struct sdelta_rec *sdelta_get(const struct sdelta *d, int scope, const cha
     }
     size_t klen = strlen(key);
     size_t i = find(d, key_hash(d, scope, key, klen), scope, key, klen);
-    return d->slot[i] != NULL ? &d->slot[i]->r : NULL;
+    return d->slot[i] != NULL && !d->slot[i]->retired ? &d->slot[i]->r : NULL;
+}
+
+void sdelta_retire(struct sdelta *d, const struct sdelta_rec *r)
+{
+    (void)d;
+    ((struct entry *)(void *)r)->retired = true;     /* r is its entry's first member */
+}
+
+int sdelta_key_cmp(int sa, const char *ka, size_t la, int sb, const char *kb, size_t lb)
+{
+    if (sa != sb) {
+        return sa < sb ? -1 : 1;
+    }
+    int c = memcmp(ka, kb, la < lb ? la : lb);
+    return c != 0 ? c : (la > lb) - (la < lb);
 }
 
 /* (scope, key) as the stats table's primary key sorts: BINARY, bytes. */
@@ -243,28 +259,18 @@ static int cmp_rec(const void *pa, const void *pb)
 {
     const struct sdelta_rec *a = *(const struct sdelta_rec *const *)pa;
     const struct sdelta_rec *b = *(const struct sdelta_rec *const *)pb;
-    if (a->scope != b->scope) {
-        return a->scope < b->scope ? -1 : 1;
-    }
-    int c = memcmp(a->key, b->key, a->klen < b->klen ? a->klen : b->klen);
-    return c != 0 ? c : (a->klen > b->klen) - (a->klen < b->klen);
+    return sdelta_key_cmp(a->scope, a->key, a->klen, b->scope, b->key, b->klen);
 }
 
-int sdelta_each_sorted(const struct sdelta *d, int (*fn)(void *arg, const struct sdelta_rec *r),
-                       void *arg)
+const struct sdelta_rec **sdelta_sorted(const struct sdelta *d, size_t *n)
 {
     const struct sdelta_rec **v = xmalloc((d->count + 1) * sizeof(*v));
-    size_t n = 0;
+    *n = 0;
     for (size_t i = 0; i <= d->mask; i++) {
-        if (d->slot[i] != NULL) {
-            v[n++] = &d->slot[i]->r;
+        if (d->slot[i] != NULL && !d->slot[i]->retired) {
+            v[(*n)++] = &d->slot[i]->r;
         }
     }
-    qsort(v, n, sizeof(*v), cmp_rec);
-    int rc = ERR_OK;
-    for (size_t i = 0; i < n && rc == ERR_OK; i++) {
-        rc = fn(arg, v[i]);
-    }
-    free(v);
-    return rc;
+    qsort(v, *n, sizeof(*v), cmp_rec);
+    return v;
 }

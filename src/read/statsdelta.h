@@ -56,9 +56,14 @@ size_t sdelta_count(const struct sdelta *d);   /* keys */
 int sdelta_add(struct sdelta *d, const struct sdelta_rec *r) WARN_UNUSED;
 /* The pending delta of (scope, key), or NULL; valid until the map changes. */
 const struct sdelta_rec *sdelta_get(const struct sdelta *d, int scope, const char *key);
-/* Calls fn for every key's delta in (scope, key) order (the stats table's
- * order: each page is visited once). */
-int sdelta_each_sorted(const struct sdelta *d, int (*fn)(void *arg, const struct sdelta_rec *r),
-                       void *arg) WARN_UNUSED;
+/* Every key's delta in (scope, key) order, the stats table's (a fold
+ * visits each page once): a malloc'd array of *n pointers into the map,
+ * valid until it changes (sdelta_retire excepted). */
+const struct sdelta_rec **sdelta_sorted(const struct sdelta *d, size_t *n);
+/* r (from sdelta_get or sdelta_sorted) has been folded: sdelta_get no
+ * longer returns it. */
+void sdelta_retire(struct sdelta *d, const struct sdelta_rec *r);
+/* Orders (scope, key) as the stats table's primary key does (BINARY). */
+int sdelta_key_cmp(int sa, const char *ka, size_t la, int sb, const char *kb, size_t lb);
 
 #endif

@@ -802,9 +802,22 @@ static void test_statsdelta(void)
            "%.*s", i1 ? (int)i1->vlen : 0, i1 ? i1->valores : "");
     CHECK(sdelta_get(d, 1, "c1") == NULL && sdelta_get(d, 0, "i1") == NULL);
     buf_reset(&got);
-    CHECK(sdelta_each_sorted(d, collect_rec, &got) == ERR_OK);
-    CHECKF(strcmp(got.p, "0||1|0|-5|;0|c1|4|1|100|COP=10/1;1|i1|-1|2|200|USD=124995/2;") == 0,
+    size_t n = 0;
+    const struct sdelta_rec **v = sdelta_sorted(d, &n);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(collect_rec(&got, v[i]) == ERR_OK);
+    }
+    CHECKF(n == 3 && strcmp(got.p, "0||1|0|-5|;0|c1|4|1|100|COP=10/1;1|i1|-1|2|200|USD=124995/2;") == 0,
            "%s", got.p);
+    sdelta_retire(d, v[1]);     /* folded: no longer answered, no longer listed */
+    free(v);
+    CHECK(sdelta_get(d, 0, "c1") == NULL && sdelta_get(d, 1, "i1") != NULL);
+    v = sdelta_sorted(d, &n);
+    CHECK(n == 2 && v[0]->klen == 0 && v[1]->scope == 1);
+    free(v);
+    CHECK(sdelta_key_cmp(0, "b", 1, 1, "a", 1) < 0 && sdelta_key_cmp(1, "ab", 2, 1, "a", 1) > 0 &&
+          sdelta_key_cmp(1, "a", 1, 1, "ab", 2) < 0 && sdelta_key_cmp(0, "a\xff", 2, 0, "a\x01", 2) > 0 &&
+          sdelta_key_cmp(0, "x", 1, 0, "x", 1) == 0);
     struct sdelta_rec bad = { 0, "c1", 2, 0, 0, 0, "USD=x/1", 7 };
     CHECK(sdelta_add(d, &bad) != ERR_OK);
     struct sdelta_rec big = { 0, "c1", 2, INT64_MAX, 0, 0, "", 0 };
@@ -817,6 +830,7 @@ static void test_statsdelta(void)
     }
     const struct sdelta_rec *k4 = sdelta_get(d, 1, "k4999");
     CHECK(sdelta_count(d) == 5003 && k4 != NULL && k4->imp == 4999);
+    CHECK(sdelta_get(d, 0, "c1") == NULL);      /* retired stays retired across growth */
     sdelta_clear(d);
     CHECK(sdelta_count(d) == 0 && sdelta_get(d, 0, "c1") == NULL);
     sdelta_free(d);
@@ -891,15 +905,15 @@ static void test_stats_pending(const char *dir)
             q = crashed;
         }
         if (phase == 3) {
-            CHECK(!rm_fold_due(f.rm));      /* 6 keys, less than a second */
+            CHECK(rm_fold_due(f.rm) == 0);      /* 6 keys, less than a second */
             usleep(1100 * 1000);
-            CHECK(rm_fold_due(f.rm));
+            CHECK(rm_fold_due(f.rm) == 1);
             CHECK(rm_begin(f.rm, &e) == ERR_OK);
             CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, "nobody", 0, 0, 1, NULL, 0, &e) == ERR_OK);
             CHECK(rm_commit(f.rm, &e) == ERR_OK);      /* a batch: pending, not folded */
             CHECK(count_rows(f.path, "stats_pending") == 3 && count_rows(f.path, "stats") == 0);
             CHECK(rm_fold(f.rm, &e) == ERR_OK);
-            CHECK(!rm_fold_due(f.rm));
+            CHECK(rm_fold_due(f.rm) == 0);
             CHECKF(count_rows(f.path, "stats_pending") == 0 && count_rows(f.path, "stats") == 5,
                    "after the fold: pending %d, stats %d", count_rows(f.path, "stats_pending"),
                    count_rows(f.path, "stats"));
@@ -931,6 +945,90 @@ static void test_stats_pending(const char *dir)
     fx_close(&f);
 }
 
+/* One campaign's or influencer's total_impresiones, as a query answers. */
+static long long q_imp(struct readmodel *rm, enum rm_scope scope, const char *key)
+{
+    struct buf out;
+    struct err e;
+    buf_init(&out, 0);
+    long long n = -1;
+    if (rm_query_stats(rm, scope, key, &out, &e) == ERR_OK) {
+        const char *p = strstr(out.p, "\"total_impresiones\":");
+        n = p != NULL ? atoll(p + strlen("\"total_impresiones\":")) : -1;
+    }
+    buf_fini(&out);
+    return n;
+}
+
+/* A fold bigger than a slice: a batch between two slices, a crash in the
+ * middle (a copy of the file as it stands), the fold finished after the
+ * restart: every answer the same throughout, nothing counted twice. */
+static void test_fold_slices(const char *dir)
+{
+    struct fixture f;
+    struct err e;
+    fx_open(&f, dir, "slices");
+    enum { KEYS = 5000 };
+    char k[16];
+    for (int round = 0; round < 2; round++) {
+        CHECK(rm_begin(f.rm, &e) == ERR_OK);
+        for (int i = 0; i < KEYS; i++) {
+            snprintf(k, sizeof(k), "k%05d", i);
+            CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, k, i + 1, 0, 1, NULL, 0, &e) == ERR_OK);
+        }
+        CHECK(rm_commit(f.rm, &e) == ERR_OK);
+    }
+    CHECK(rm_fold_due(f.rm) == 0);
+    bool more = false;
+    CHECK(rm_fold_step(f.rm, &more, &e) == ERR_OK && more);
+    int folded = count_rows(f.path, "stats");
+    CHECKF(folded > 0 && folded < KEYS, "%d rows after one slice", folded);
+    CHECK(rm_fold_due(f.rm) == 1);      /* under way */
+    CHECK(rm_begin(f.rm, &e) == ERR_OK);     /* a batch between slices */
+    CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, "k00000", 100, 0, 2, NULL, 0, &e) == ERR_OK);
+    CHECK(rm_stats_add(f.rm, SCOPE_INFLUENCER, "k04999", 100, 0, 2, NULL, 0, &e) == ERR_OK);
+    CHECK(rm_commit(f.rm, &e) == ERR_OK);
+    static const struct {
+        const char *key;
+        long long want;
+    } want[] = { { "k00000", 102 }, { "k00001", 4 }, { "k02500", 5002 }, { "k04999", 10100 } };
+    char copy[400];
+    snprintf(copy, sizeof(copy), "%s/slices-crash", dir);
+    CHECK(mkdir(copy, 0755) == 0);
+    snprintf(copy, sizeof(copy), "%s/slices-crash/readmodels.db", dir);
+    sqlite3 *db = NULL;
+    char sql[500];
+    snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", copy);
+    CHECK(sqlite3_open(f.path, &db) == SQLITE_OK &&
+          sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    CHECK(count_rows(copy, "stats_fold") == 1 && count_rows(copy, "stats_pending") == 3);
+    struct readmodel *crashed = NULL;
+    CHECK(readmodel_open(copy, RM_WRITER, NULL, &crashed, &e) == ERR_OK);
+    CHECK(rm_fold_due(crashed) == 1);       /* the interrupted fold, first */
+    for (int phase = 0; phase < 3; phase++) {
+        if (phase == 1) {
+            CHECK(rm_fold(f.rm, &e) == ERR_OK && rm_fold(crashed, &e) == ERR_OK);
+            CHECK(count_rows(f.path, "stats") == KEYS && count_rows(copy, "stats") == KEYS);
+            CHECK(count_rows(f.path, "stats_pending") == 0 && count_rows(copy, "stats_pending") == 0);
+            CHECK(count_rows(f.path, "stats_fold") == 0 && count_rows(copy, "stats_fold") == 0);
+        }
+        if (phase == 2) {
+            readmodel_close(crashed);
+            CHECK(readmodel_open(copy, RM_WRITER, NULL, &crashed, &e) == ERR_OK);
+        }
+        for (size_t i = 0; i < ARRAY_LEN(want); i++) {
+            CHECKF(q_imp(f.rm, SCOPE_INFLUENCER, want[i].key) == want[i].want, "phase %d %s: %lld",
+                   phase, want[i].key, q_imp(f.rm, SCOPE_INFLUENCER, want[i].key));
+            CHECKF(q_imp(crashed, SCOPE_INFLUENCER, want[i].key) == want[i].want,
+                   "after the crash, phase %d %s: %lld", phase, want[i].key,
+                   q_imp(crashed, SCOPE_INFLUENCER, want[i].key));
+        }
+    }
+    readmodel_close(crashed);
+    fx_close(&f);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/rastro-proj-XXXXXX";
@@ -948,6 +1046,7 @@ int main(void)
     test_starved_batch_thread(dir);
     test_statsdelta();
     test_stats_pending(dir);
+    test_fold_slices(dir);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) {
