@@ -742,6 +742,23 @@ static int count_rows(const char *path, const char *table)
     return n;
 }
 
+/* A copy of the read models at path as a crash would leave them (VACUUM
+ * INTO: one consistent snapshot), in a folder of its own (name) under
+ * dir, so a new writer can open it beside the first; its path in copy. */
+static void crash_copy(const char *path, const char *dir, const char *name, char *copy,
+                       size_t max)
+{
+    snprintf(copy, max, "%s/%s", dir, name);
+    CHECK(mkdir(copy, 0755) == 0);
+    snprintf(copy, max, "%s/%s/readmodels.db", dir, name);
+    sqlite3 *db = NULL;
+    char sql[600];
+    snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", copy);
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK &&
+          sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+}
+
 /* The statistics record format: what goes in comes out, and a truncated
  * list is an error, never a short read. */
 static int collect_rec(void *arg, const struct sdelta_rec *r)
@@ -889,18 +906,8 @@ static void test_stats_pending(const char *dir)
         struct readmodel *q = phase == 1 ? reader : f.rm;
         struct readmodel *crashed = NULL;
         if (phase == 2) {
-            /* a copy of the file as a crash leaves it (VACUUM INTO: one
-             * consistent snapshot), opened by a new writer elsewhere */
             char copy[400];
-            snprintf(copy, sizeof(copy), "%s/pending-crash", dir);
-            CHECK(mkdir(copy, 0755) == 0);
-            snprintf(copy, sizeof(copy), "%s/pending-crash/readmodels.db", dir);
-            sqlite3 *db = NULL;
-            char sql[500];
-            snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", copy);
-            CHECK(sqlite3_open(f.path, &db) == SQLITE_OK &&
-                  sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
-            sqlite3_close(db);
+            crash_copy(f.path, dir, "pending-crash", copy, sizeof(copy));
             CHECK(readmodel_open(copy, RM_WRITER, NULL, &crashed, &e) == ERR_OK);
             q = crashed;
         }
@@ -993,15 +1000,7 @@ static void test_fold_slices(const char *dir)
         long long want;
     } want[] = { { "k00000", 102 }, { "k00001", 4 }, { "k02500", 5002 }, { "k04999", 10100 } };
     char copy[400];
-    snprintf(copy, sizeof(copy), "%s/slices-crash", dir);
-    CHECK(mkdir(copy, 0755) == 0);
-    snprintf(copy, sizeof(copy), "%s/slices-crash/readmodels.db", dir);
-    sqlite3 *db = NULL;
-    char sql[500];
-    snprintf(sql, sizeof(sql), "VACUUM INTO '%s'", copy);
-    CHECK(sqlite3_open(f.path, &db) == SQLITE_OK &&
-          sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
-    sqlite3_close(db);
+    crash_copy(f.path, dir, "slices-crash", copy, sizeof(copy));
     CHECK(count_rows(copy, "stats_fold") == 1 && count_rows(copy, "stats_pending") == 3);
     struct readmodel *crashed = NULL;
     CHECK(readmodel_open(copy, RM_WRITER, NULL, &crashed, &e) == ERR_OK);
