@@ -145,7 +145,9 @@ static int render(struct http_server *s, struct buf *b)
             }
             http_rm_put(s, rm);
         }
-        TRY(metrics_header(b, "rastro_read_model_rows", "gauge", "Rows in each read model."));
+        TRY(metrics_header(b, "rastro_read_model_rows", "gauge",
+                           "Rows in each read model (estadisticas: as of the last fold,"
+                           " up to a second behind)."));
         TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"impresiones\"", (double)imp));
         TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"conversiones\"", (double)conv));
         TRY(metrics_sample(b, "rastro_read_model_rows", "read_model=\"estadisticas\"", (double)stats));
