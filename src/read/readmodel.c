@@ -135,12 +135,14 @@ static const char *tables_sql =
 struct rm_index {
     struct lsmidx *ids;         /* hash(kind, id) -> position */
     struct lsmidx *lists;       /* hash(kind, scope, key) -> positions */
-    /* The statistics deltas committed but not folded into stats (a copy of
-     * stats_pending; statsdelta.h). Readers hold ps_lock for reading from
-     * before their snapshot starts until they have added their key's
-     * delta; the writer holds it for writing across each COMMIT and the
-     * change to ps that goes with it, so a reader sees stats and ps from
-     * the same commit: a fold's rows exactly when ps is empty again. */
+    /* The statistics deltas committed but not folded into stats (copies of
+     * stats_pending's records; statsdelta.h): ps since the last fold
+     * began, fs what a fold under way has not folded yet. Readers hold
+     * ps_lock for reading from before their snapshot starts until they
+     * have added their key's deltas; the writer holds it for writing
+     * across each COMMIT and the change to ps or fs that goes with it, so
+     * a reader sees stats and the maps as of one commit: a fold slice's
+     * rows exactly when their keys are gone from fs. */
     pthread_rwlock_t ps_lock;
     struct sdelta *ps;
     struct sdelta *fs;          /* a fold under way: what it has not folded yet */
@@ -513,7 +515,6 @@ static int open_index(struct readmodel *rm, struct err *e)
     return ERR_OK;
 }
 
-static int add_to_map(void *arg, const struct sdelta_rec *r);
 static int on_wal(void *arg, sqlite3 *db, const char *name, int frames);
 
 /* Walking stats_pending's records that are not in stats yet: those of a
