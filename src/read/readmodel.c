@@ -92,6 +92,14 @@ static const char *const stmt_sql[S__COUNT] = {
     [S_COMMIT] = "COMMIT",
 };
 
+/* The statistics table's layout (stats, or rm_verify's copy of it). */
+#define STATS_COLUMNS_SQL(table) \
+    table "(scope INTEGER NOT NULL, key TEXT NOT NULL," \
+    " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL, ultima INTEGER NOT NULL," \
+    /* valores: per-currency totals, "COP=12345000/3,USD=5000/1" (money.h) */ \
+    " valores TEXT NOT NULL DEFAULT ''," \
+    " PRIMARY KEY(scope, key)) WITHOUT ROWID"
+
 /* A batch's statistics deltas, one record list a batch (statsdelta.h),
  * until the writer folds them into stats. */
 #define STATS_PENDING_SQL \
@@ -115,11 +123,7 @@ static const char *tables_sql =
     " influencer_id TEXT, usuario_id TEXT, tipo_evento TEXT NOT NULL, user_agent TEXT,"
     " ip_address TEXT, referrer TEXT, timestamp INTEGER NOT NULL, recorded_at INTEGER NOT NULL,"
     " tipo_conversion TEXT NOT NULL, valor INTEGER NOT NULL, moneda TEXT NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS stats(scope INTEGER NOT NULL, key TEXT NOT NULL,"
-    " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL, ultima INTEGER NOT NULL,"
-    /* valores: per-currency totals, "COP=12345000/3,USD=5000/1" (money.h) */
-    " valores TEXT NOT NULL DEFAULT '',"
-    " PRIMARY KEY(scope, key)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS " STATS_COLUMNS_SQL("stats") ";"
     "CREATE TABLE IF NOT EXISTS skipped(type TEXT PRIMARY KEY, count INTEGER NOT NULL);"
     /* rows per read model, kept with each batch (a count(*) would scan) */
     "CREATE TABLE IF NOT EXISTS counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);"
@@ -1519,11 +1523,8 @@ int rm_stats_with_pending(sqlite3 *live, sqlite3 *dst, int64_t *pending, struct 
     if (sqlite3_create_function(dst, "rastro_merge_valores", 2,
                                 SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, NULL,
                                 sql_merge_valores, NULL, NULL) != SQLITE_OK ||
-        sqlite3_exec(dst, "CREATE TEMP TABLE live_stats(scope INTEGER NOT NULL, key TEXT NOT NULL,"
-                          " impresiones INTEGER NOT NULL, conversiones INTEGER NOT NULL,"
-                          " ultima INTEGER NOT NULL, valores TEXT NOT NULL DEFAULT '',"
-                          " PRIMARY KEY(scope, key)) WITHOUT ROWID; BEGIN",
-                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(dst, "CREATE TEMP TABLE " STATS_COLUMNS_SQL("live_stats") "; BEGIN", NULL,
+                     NULL, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(dst, "INSERT INTO live_stats VALUES(?,?,?,?,?,?)", -1, &ins, NULL) !=
             SQLITE_OK ||
         sqlite3_prepare_v2(live, "SELECT * FROM stats", -1, &rows, NULL) != SQLITE_OK) {
