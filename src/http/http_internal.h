@@ -6,6 +6,7 @@
 #define RASTRO_HTTP_INTERNAL_H
 
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 
@@ -44,8 +45,21 @@ struct http_metrics {
     struct histogram query_seconds[QL__COUNT];
 };
 
-struct http_server {
+/* One event loop: a libmicrohttpd daemon run by a thread of ours. */
+struct http_loop {
+    struct http_server *srv;
     struct MHD_Daemon *d;
+    int epoll_fd;                   /* the daemon's (MHD_DAEMON_INFO_EPOLL_FD) */
+    int wake_fd;                    /* eventfd: resumes and http_stop() wake the loop */
+    atomic_bool wake_pending;       /* wake_fd was written since the loop last looked */
+    pthread_t thread;
+    bool running;                   /* the thread was started */
+};
+
+struct http_server {
+    struct http_loop *loops;
+    unsigned n_loops;
+    atomic_bool stopping;           /* the loops end */
     atomic_bool draining;           /* http_drain() was called */
     struct http_deps deps;
     pthread_mutex_t pool_mu;
@@ -58,6 +72,7 @@ struct http_server {
 
 struct req {
     struct http_server *srv;
+    struct http_loop *loop;         /* the event loop serving this connection */
     struct MHD_Connection *conn;
     struct route route;
     _Atomic int state;

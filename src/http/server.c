@@ -1,5 +1,12 @@
 /*
  * server.c - see server.h. libmicrohttpd 0.9.75 notes that shaped this:
+ *  - rastro runs libmicrohttpd's event loops itself (one daemon per
+ *    --threads, all accepting on one listening socket): MHD's own thread
+ *    calls epoll_wait again with its full timeout whenever one call returned
+ *    exactly 128 events (MAX_EVENTS), so 128 or 256 clients sending at once
+ *    could stall every one of them until the idle timeout (60 s). MHD_run()
+ *    never blocks; the loop here waits on MHD's epoll fd with poll() and the
+ *    timeout MHD_get_timeout() gives.
  *  - No response is queued on the first call of the access handler (before
  *    the per-request context exists); doing so makes MHD answer
  *    "Connection: close" to everything and throughput falls sevenfold.
@@ -12,13 +19,16 @@
  *  - MHD_stop_daemon() must not run while connections are suspended: the
  *    service drains (http_drain: nothing new is suspended), then stops the
  *    committer and the projector, which resumes every suspended connection.
- *  - MHD_quiesce_daemon() is not used: with epoll and a thread pool it
- *    races the workers' own removal of the listen socket from their epoll
- *    sets and aborts the process when it loses (server.h).
+ *  - MHD_quiesce_daemon() is not used: the loops stop first, then each
+ *    daemon is stopped and closes its own copy (dup) of the listening socket.
  */
 #include "http/server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -225,11 +235,26 @@ void http_suspend(struct req *r)
     MHD_suspend_connection(r->conn);
 }
 
+/* Makes the loop run MHD again soon: one eventfd write until it has. */
+static void wake_loop(struct http_loop *l)
+{
+    if (!atomic_exchange(&l->wake_pending, true)) {
+        uint64_t one = 1;
+        ssize_t n = write(l->wake_fd, &one, sizeof(one));
+        (void)n;        /* fails only if the counter would overflow: it is awake */
+    }
+}
+
 void http_resume(struct req *r)
 {
     struct http_server *s = r->srv;
+    struct http_loop *l = r->loop;
+    /* In external-loop mode libmicrohttpd signals nothing on resume (it
+     * drops MHD_USE_ITC): the loop is woken here, once for a whole batch
+     * of resumes. */
     MHD_resume_connection(r->conn);
     atomic_fetch_sub(&s->suspended, 1);
+    wake_loop(l);
 }
 
 int http_suspended(struct http_server *s)
@@ -301,7 +326,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     struct req *r = *con_cls;
     if (r == NULL) {
         r = xcalloc(1, sizeof(*r));
-        r->srv = cls;
+        r->loop = cls;
+        r->srv = r->loop->srv;
         r->conn = conn;
         r->pos_header = -1;
         r->route_rc = route_match(method, url, &r->route);
@@ -435,6 +461,106 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     log_warn("libmicrohttpd", "detail=\"%s\"", msg);
 }
 
+/* The longest a loop sleeps without being told to wake: a bound on any
+ * wake-up missed, not a tick anything waits for. */
+#define LOOP_MAX_WAIT_MS 1000
+
+static void *loop_main(void *arg)
+{
+    struct http_loop *l = arg;
+    pthread_setname_np(pthread_self(), "rastro-http");
+    struct pollfd pf[2] = {
+        { .fd = l->epoll_fd, .events = POLLIN },
+        { .fd = l->wake_fd, .events = POLLIN },
+    };
+    while (!atomic_load_explicit(&l->srv->stopping, memory_order_acquire)) {
+        /* cleared before MHD_run, so a resume after this point wakes us
+         * again and one before it is seen by this MHD_run */
+        if (atomic_exchange(&l->wake_pending, false)) {
+            uint64_t v;
+            ssize_t n = read(l->wake_fd, &v, sizeof(v));
+            (void)n;        /* nonblocking: empty is fine */
+        }
+        MHD_run(l->d);      /* epoll_wait with timeout 0: never blocks */
+        MHD_UNSIGNED_LONG_LONG to = 0;
+        int ms = LOOP_MAX_WAIT_MS;
+        if (MHD_get_timeout(l->d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)ms) {
+            ms = (int)to;
+        }
+        if (ms == 0) {
+            continue;       /* data already waiting in MHD's buffers */
+        }
+        if (poll(pf, 2, ms) < 0 && errno != EINTR) {
+            log_error("HTTP event loop: poll failed", "err=\"%s\"", strerror(errno));
+            usleep(10000);
+        }
+    }
+    return NULL;
+}
+
+/* One daemon in external-loop mode; listen_fd < 0: it binds ss itself. */
+static struct MHD_Daemon *start_daemon(struct http_loop *l, const struct sockaddr_storage *ss,
+                                       bool v6, int listen_fd, unsigned conn_limit)
+{
+    struct http_server *s = l->srv;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     (v6 ? MHD_USE_IPv6 : 0);
+    const struct http_deps *deps = &s->deps;
+    struct MHD_OptionItem where[2] = {
+        listen_fd < 0 ? (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)ss }
+                      : (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_access, l,
+                            MHD_OPTION_ARRAY, where,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT,
+                            deps->idle_timeout_s ? deps->idle_timeout_s : 60u,
+                            MHD_OPTION_CONNECTION_LIMIT, conn_limit,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                            MHD_OPTION_END);
+}
+
+/* Stops the loops' threads, then their daemons (each closes its copy of
+ * the listening socket). */
+static void stop_loops(struct http_server *s)
+{
+    atomic_store_explicit(&s->stopping, true, memory_order_release);
+    for (unsigned i = 0; i < s->n_loops; i++) {
+        struct http_loop *l = &s->loops[i];
+        if (l->running) {
+            wake_loop(l);
+            pthread_join(l->thread, NULL);
+            l->running = false;
+        }
+    }
+    for (unsigned i = 0; i < s->n_loops; i++) {
+        struct http_loop *l = &s->loops[i];
+        if (l->d != NULL) {
+            MHD_stop_daemon(l->d);
+            l->d = NULL;
+        }
+        if (l->wake_fd >= 0) {
+            close(l->wake_fd);
+            l->wake_fd = -1;
+        }
+    }
+}
+
+static void free_server(struct http_server *s)
+{
+    for (size_t i = 0; i < s->pool_n; i++) {
+        readmodel_close(s->pool[i]);
+    }
+    free(s->pool);
+    free(s->loops);
+    pthread_mutex_destroy(&s->pool_mu);
+    free(s);
+}
+
 int http_start(const char *listen, const struct http_deps *deps, struct http_server **out,
                struct err *e)
 {
@@ -458,29 +584,63 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)n : 2;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ITC | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0);
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                            MHD_OPTION_THREAD_POOL_SIZE, threads,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
-                            MHD_OPTION_CONNECTION_TIMEOUT,
-                            deps->idle_timeout_s ? deps->idle_timeout_s : 60u,
-                            MHD_OPTION_CONNECTION_LIMIT,
-                            deps->max_connections ? deps->max_connections : 10000u,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-                            MHD_OPTION_END);
-    if (s->d == NULL) {
-        pthread_mutex_destroy(&s->pool_mu);
-        free(s);
-        return err_set(e, ERR_IO, "cannot listen on %s (address in use or not available?)",
-                       listen);
+    /* Each loop takes its share of the connection limit (as libmicrohttpd's
+     * own thread pool did). */
+    unsigned limit = deps->max_connections ? deps->max_connections : 10000u;
+    unsigned share = (limit + threads - 1) / threads;
+    s->loops = xcalloc(threads, sizeof(*s->loops));
+    s->n_loops = threads;
+    for (unsigned i = 0; i < threads; i++) {
+        s->loops[i].wake_fd = -1;
+    }
+    int listen_fd = -1;
+    for (unsigned i = 0; i < threads; i++) {
+        struct http_loop *l = &s->loops[i];
+        l->srv = s;
+        int fd = -1;
+        if (i > 0 && (fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+            err_set(e, ERR_IO, "cannot share the listening socket: %s", strerror(errno));
+            goto fail;
+        }
+        l->d = start_daemon(l, &ss, v6, fd, share);
+        if (l->d == NULL) {
+            if (fd >= 0) {
+                close(fd);
+            }
+            if (i == 0) {
+                err_set(e, ERR_IO, "cannot listen on %s (address in use or not available?)",
+                        listen);
+            } else {
+                err_set(e, ERR_IO, "cannot start HTTP event loop %u", i + 1);
+            }
+            goto fail;
+        }
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(l->d, MHD_DAEMON_INFO_EPOLL_FD);
+        l->epoll_fd = di != NULL ? di->epoll_fd : -1;
+        if (i == 0) {
+            di = MHD_get_daemon_info(l->d, MHD_DAEMON_INFO_LISTEN_FD);
+            listen_fd = di != NULL ? di->listen_fd : -1;
+        }
+        l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (l->epoll_fd < 0 || listen_fd < 0 || l->wake_fd < 0) {
+            err_set(e, ERR_IO, "cannot set up HTTP event loop %u", i + 1);
+            goto fail;
+        }
+    }
+    for (unsigned i = 0; i < threads; i++) {
+        struct http_loop *l = &s->loops[i];
+        if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+            err_set(e, ERR_IO, "cannot start HTTP thread %u", i + 1);
+            goto fail;
+        }
+        l->running = true;
     }
     *out = s;
     return ERR_OK;
+fail:
+    stop_loops(s);
+    free_server(s);
+    return e->code;
 }
 
 void http_drain(struct http_server *s)
@@ -507,11 +667,6 @@ void http_stop(struct http_server *s)
     if (s == NULL) {
         return;
     }
-    MHD_stop_daemon(s->d);
-    for (size_t i = 0; i < s->pool_n; i++) {
-        readmodel_close(s->pool[i]);
-    }
-    free(s->pool);
-    pthread_mutex_destroy(&s->pool_mu);
-    free(s);
+    stop_loops(s);
+    free_server(s);
 }

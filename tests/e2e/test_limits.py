@@ -2,19 +2,24 @@
 End-to-end tests of the HTTP limits: thousands of idle connections do not
 keep others out, idle connections are closed after --idle-timeout, an
 oversized URL or header block and malformed requests get a 4xx (never a
-crash or a hang), and the server still answers afterwards.
+crash or a hang), and the server still answers afterwards; 128 or 256
+clients sending at the same moment are all answered at once (libmicrohttpd's
+own loop stalled them until the idle timeout).
 """
 
+import json
 import os
 import resource
+import select
 import socket
 import sys
 import time
 import unittest
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, Server, http_request  # noqa: E402
+from harness import K_CAMPANA, Server, events, http_request  # noqa: E402
 
 IDLE = 3000
 
@@ -108,6 +113,85 @@ class LimitsTest(unittest.TestCase):
                     self.assertRegex(reply[:12], rb"^HTTP/1\.[01] [45]\d\d", reply[:200])
                 status, _, _, _ = http_request(self.srv.port, "GET", "/tracking/health")
                 self.assertEqual(status, 200, "the server must still answer")
+
+
+def read_answers(socks, deadline):
+    """Reads one HTTP answer from each socket; returns {sock: status line}
+    for those answered before the deadline."""
+    got, done = {s: b"" for s in socks}, {}
+    while len(done) < len(socks) and time.monotonic() < deadline:
+        waiting = [s for s in socks if s not in done]
+        ready, _, _ = select.select(waiting, [], [], 0.2)
+        for s in ready:
+            chunk = s.recv(65536)
+            if not chunk:
+                done[s] = b"closed"
+                continue
+            got[s] += chunk
+            head, sep, body = got[s].partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(body) >= length:
+                done[s] = head.split(b"\r\n", 1)[0]
+    return done
+
+
+class BurstTest(unittest.TestCase):
+    """Clients that all send at once, on one HTTP thread. libmicrohttpd
+    0.9.75's own loop called epoll_wait again, with its whole timeout, after
+    a call that returned exactly 128 events: with 128 (or 256) requests
+    arriving together nothing was answered for up to the idle timeout."""
+
+    ROUNDS = 15
+    WITHIN = 10.0       # seconds for a round's answers; the stall was 60
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(extra_args=["--threads", "1"]).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.srv.stop()
+        try:
+            found = events(cls.srv.data_dir, "--type", "ImpresionRegistrada")
+        finally:
+            cls.srv.cleanup()
+        assert rc == 0
+        # every round's every request was stored once
+        assert len(found) == cls.ROUNDS * (128 + 256), len(found)
+
+    def burst(self, clients):
+        socks = [socket.create_connection(("127.0.0.1", self.srv.port), timeout=10)
+                 for _ in range(clients)]
+        try:
+            for rnd in range(self.ROUNDS):
+                for s in socks:
+                    body = json.dumps({K_CAMPANA: "burst", "influencer_id": "b",
+                                       "id": str(uuid.uuid4())}).encode()
+                    s.sendall(b"POST /tracking/impresiones HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(body), body))
+                t0 = time.monotonic()
+                done = read_answers(socks, t0 + self.WITHIN)
+                self.assertEqual(len(done), clients,
+                                 "round %d: %d of %d answered within %.0f s"
+                                 % (rnd, len(done), clients, self.WITHIN))
+                bad = [v for v in done.values() if not v.startswith(b"HTTP/1.1 202")]
+                self.assertEqual(bad, [], "round %d" % rnd)
+        finally:
+            for s in socks:
+                s.close()
+
+    def test_128_at_once(self):
+        self.burst(128)
+
+    def test_256_at_once(self):
+        self.burst(256)
 
 
 if __name__ == "__main__":
