@@ -93,14 +93,22 @@ int sdelta_rec_each(const char *p, size_t n, int (*fn)(void *arg, const struct s
 
 /* ---- the map ---- */
 
+/* One allocation a key: the record, then its key (NUL-terminated). */
 struct entry {
-    struct sdelta_rec r;    /* first (sdelta_retire); key and valores owned, key NUL-terminated */
-    uint64_t h;
+    struct sdelta_rec r;    /* first (sdelta_retire); valores owned */
     bool retired;
+    char k[];
+};
+
+/* The hash beside the pointer: a probe that does not match costs no visit
+ * to another entry (with 110,000 keys every visit is a cache miss). */
+struct slot {
+    uint64_t h;
+    struct entry *e;
 };
 
 struct sdelta {
-    struct entry **slot;
+    struct slot *slot;
     size_t mask, count;
     struct siphash_key sk;  /* random: campaign names come from clients */
 };
@@ -119,7 +127,6 @@ struct sdelta *sdelta_new(void)
 
 static void entry_free(struct entry *x)
 {
-    free((char *)x->r.key);
     free((char *)x->r.valores);
     free(x);
 }
@@ -127,9 +134,9 @@ static void entry_free(struct entry *x)
 void sdelta_clear(struct sdelta *d)
 {
     for (size_t i = 0; i <= d->mask; i++) {
-        if (d->slot[i] != NULL) {
-            entry_free(d->slot[i]);
-            d->slot[i] = NULL;
+        if (d->slot[i].e != NULL) {
+            entry_free(d->slot[i].e);
+            d->slot[i].e = NULL;
         }
     }
     d->count = 0;
@@ -157,10 +164,12 @@ static uint64_t key_hash(const struct sdelta *d, int scope, const char *key, siz
 static size_t find(const struct sdelta *d, uint64_t h, int scope, const char *key, size_t klen)
 {
     size_t i = (size_t)h & d->mask;
-    for (; d->slot[i] != NULL; i = (i + 1) & d->mask) {
-        const struct entry *x = d->slot[i];
-        if (x->h == h && x->r.scope == scope && x->r.klen == klen &&
-            memcmp(x->r.key, key, klen) == 0) {
+    for (; d->slot[i].e != NULL; i = (i + 1) & d->mask) {
+        if (d->slot[i].h != h) {
+            continue;
+        }
+        const struct entry *x = d->slot[i].e;
+        if (x->r.scope == scope && x->r.klen == klen && memcmp(x->k, key, klen) == 0) {
             break;
         }
     }
@@ -170,13 +179,13 @@ static size_t find(const struct sdelta *d, uint64_t h, int scope, const char *ke
 static void grow(struct sdelta *d)
 {
     size_t old = d->mask + 1;
-    struct entry **s = d->slot;
+    struct slot *s = d->slot;
     d->mask = d->mask * 2 + 1;
     d->slot = xcalloc(d->mask + 1, sizeof(*d->slot));
     for (size_t i = 0; i < old; i++) {
-        if (s[i] != NULL) {
-            size_t j = (size_t)s[i]->h & d->mask;
-            while (d->slot[j] != NULL) {
+        if (s[i].e != NULL) {
+            size_t j = (size_t)s[i].h & d->mask;
+            while (d->slot[j].e != NULL) {
                 j = (j + 1) & d->mask;
             }
             d->slot[j] = s[i];
@@ -192,18 +201,18 @@ int sdelta_add(struct sdelta *d, const struct sdelta_rec *r)
     }
     uint64_t h = key_hash(d, r->scope, r->key, r->klen);
     size_t i = find(d, h, r->scope, r->key, r->klen);
-    struct entry *x = d->slot[i];
+    struct entry *x = d->slot[i].e;
     if (x == NULL) {
-        x = xcalloc(1, sizeof(*x));
-        x->h = h;
+        x = xmalloc(sizeof(*x) + r->klen + 1);
+        memset(x, 0, sizeof(*x));
+        memcpy(x->k, r->key, r->klen);
+        x->k[r->klen] = '\0';
         x->r.scope = r->scope;
-        char *k = xmalloc(r->klen + 1);
-        memcpy(k, r->key, r->klen);
-        k[r->klen] = '\0';
-        x->r.key = k;
+        x->r.key = x->k;
         x->r.klen = r->klen;
         x->r.last = INT64_MIN;
-        d->slot[i] = x;
+        d->slot[i].h = h;
+        d->slot[i].e = x;
         d->count++;
     }
     if (__builtin_add_overflow(x->r.imp, r->imp, &x->r.imp) ||
@@ -236,7 +245,7 @@ const struct sdelta_rec *sdelta_get(const struct sdelta *d, int scope, const cha
     }
     size_t klen = strlen(key);
     size_t i = find(d, key_hash(d, scope, key, klen), scope, key, klen);
-    return d->slot[i] != NULL && !d->slot[i]->retired ? &d->slot[i]->r : NULL;
+    return d->slot[i].e != NULL && !d->slot[i].e->retired ? &d->slot[i].e->r : NULL;
 }
 
 void sdelta_retire(struct sdelta *d, const struct sdelta_rec *r)
@@ -254,23 +263,60 @@ int sdelta_key_cmp(int sa, const char *ka, size_t la, int sb, const char *kb, si
     return c != 0 ? c : (la > lb) - (la < lb);
 }
 
-/* (scope, key) as the stats table's primary key sorts: BINARY, bytes. */
-static int cmp_rec(const void *pa, const void *pb)
+/* A key's first 15 bytes, scope first, big-endian and zero-padded: two
+ * integers that order as sdelta_key_cmp does wherever they differ (a
+ * missing byte counts as 0, below or equal to any byte; where they are
+ * equal the full comparison decides), so most comparisons of a fold's
+ * sort touch no entry. */
+struct sort_item {
+    uint64_t p0, p1;
+    const struct sdelta_rec *r;
+};
+
+static uint64_t be_prefix(const unsigned char *b)
 {
-    const struct sdelta_rec *a = *(const struct sdelta_rec *const *)pa;
-    const struct sdelta_rec *b = *(const struct sdelta_rec *const *)pb;
-    return sdelta_key_cmp(a->scope, a->key, a->klen, b->scope, b->key, b->klen);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = v << 8 | b[i];
+    }
+    return v;
+}
+
+static int cmp_item(const void *pa, const void *pb)
+{
+    const struct sort_item *a = pa, *b = pb;
+    if (a->p0 != b->p0) {
+        return a->p0 < b->p0 ? -1 : 1;
+    }
+    if (a->p1 != b->p1) {
+        return a->p1 < b->p1 ? -1 : 1;
+    }
+    return sdelta_key_cmp(a->r->scope, a->r->key, a->r->klen, b->r->scope, b->r->key,
+                          b->r->klen);
 }
 
 const struct sdelta_rec **sdelta_sorted(const struct sdelta *d, size_t *n)
 {
-    const struct sdelta_rec **v = xmalloc((d->count + 1) * sizeof(*v));
-    *n = 0;
+    struct sort_item *it = xmalloc((d->count + 1) * sizeof(*it));
+    size_t m = 0;
     for (size_t i = 0; i <= d->mask; i++) {
-        if (d->slot[i] != NULL && !d->slot[i]->retired) {
-            v[(*n)++] = &d->slot[i]->r;
+        const struct entry *x = d->slot[i].e;
+        if (x != NULL && !x->retired) {
+            unsigned char b[16] = { 0 };
+            b[0] = (unsigned char)x->r.scope;
+            memcpy(b + 1, x->k, x->r.klen < 15 ? x->r.klen : 15);
+            it[m].p0 = be_prefix(b);
+            it[m].p1 = be_prefix(b + 8);
+            it[m].r = &x->r;
+            m++;
         }
     }
-    qsort(v, *n, sizeof(*v), cmp_rec);
+    qsort(it, m, sizeof(*it), cmp_item);
+    const struct sdelta_rec **v = xmalloc((m + 1) * sizeof(*v));
+    for (size_t i = 0; i < m; i++) {
+        v[i] = it[i].r;
+    }
+    free(it);
+    *n = m;
     return v;
 }

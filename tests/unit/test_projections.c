@@ -850,6 +850,39 @@ static void test_statsdelta(void)
     CHECK(sdelta_get(d, 0, "c1") == NULL);      /* retired stays retired across growth */
     sdelta_clear(d);
     CHECK(sdelta_count(d) == 0 && sdelta_get(d, 0, "c1") == NULL);
+    /* the fold's order with keys that tie on their first 15 bytes, are
+     * prefixes of each other, hold bytes above 0x7f or a NUL, in both
+     * scopes, added in no particular order: strictly increasing by
+     * sdelta_key_cmp, every key once */
+    static const struct {
+        int scope;
+        const char *key;
+        size_t klen;
+    } keys[] = {
+        { 1, "camp-0000000000001", 18 }, { 1, "camp-0000000000000", 18 },
+        { 1, "camp-000000000000", 17 },  { 1, "camp-00000000000", 16 },
+        { 1, "camp-0000000000", 15 },    { 1, "camp-000000000", 14 },
+        { 0, "camp-0000000000", 15 },    { 1, "", 0 },
+        { 1, "\xc3\xb1", 2 },            { 1, "\xc3", 1 },
+        { 1, "a\0b", 3 },                { 1, "a", 1 },
+        { 1, "a\0", 2 },                 { 1, "a\x01", 2 },
+        { 0, "zzzzzzzzzzzzzzzzzzzz", 20 }, { 0, "zzzzzzzzzzzzzzzzzzzy", 20 },
+        { 0, "zzzzzzzzzzzzzzz", 15 },    { 0, "b", 1 },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        size_t j = (i * 7) % ARRAY_LEN(keys);      /* 7 is coprime with 18: a shuffle */
+        struct sdelta_rec r = { keys[j].scope, keys[j].key, keys[j].klen, 1, 0, 0, "", 0 };
+        CHECK(sdelta_add(d, &r) == ERR_OK);
+    }
+    v = sdelta_sorted(d, &n);
+    CHECKF(n == ARRAY_LEN(keys), "%zu keys sorted", n);
+    for (size_t i = 1; i < n; i++) {
+        CHECKF(sdelta_key_cmp(v[i - 1]->scope, v[i - 1]->key, v[i - 1]->klen, v[i]->scope,
+                              v[i]->key, v[i]->klen) < 0,
+               "sorted[%zu] (%d, %.*s) after sorted[%zu] (%d, %.*s)", i - 1, v[i - 1]->scope,
+               (int)v[i - 1]->klen, v[i - 1]->key, i, v[i]->scope, (int)v[i]->klen, v[i]->key);
+    }
+    free(v);
     sdelta_free(d);
     buf_fini(&b);
     buf_fini(&got);
