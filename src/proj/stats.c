@@ -12,6 +12,7 @@
 #include "core/hash.h"
 #include "core/xmalloc.h"
 #include "read/money.h"
+#include "read/statsdelta.h"
 
 /* Keys up to KEY_INLINE bytes live in the entry itself: a lookup then
  * touches one entry and nothing else (the rebuild holds every campaign and
@@ -308,47 +309,31 @@ static int cmp_entry(const struct entry *a, const struct entry *b)
 }
 
 /* The flush sorts (prefix, entry) pairs: the scope and the key's first
- * PREFIX_BYTES bytes as two big-endian integers decide almost every
+ * bytes as two big-endian integers (statsdelta.h) decide almost every
  * comparison without touching the entries (comparing them through
  * pointers, strcmp and all, was an eighth of the projector's time). */
-#define PREFIX_BYTES 15
-
 struct sort_item {
-    uint64_t p0, p1;
+    struct sdelta_prefix p;
     struct entry *x;
 };
 
 static void sort_prefix(struct sort_item *it)
 {
-    unsigned char b[1 + PREFIX_BYTES] = { 0 };
-    const char *k = entry_key(it->x);
-    size_t n = it->x->klen < PREFIX_BYTES ? it->x->klen : PREFIX_BYTES;
-    b[0] = (unsigned char)it->x->scope;
-    memcpy(b + 1, k, n);
-    uint64_t w0, w1;
-    memcpy(&w0, b, 8);
-    memcpy(&w1, b + 8, 8);
-    it->p0 = __builtin_bswap64(w0);
-    it->p1 = __builtin_bswap64(w1);
+    it->p = sdelta_key_prefix(it->x->scope, entry_key(it->x), it->x->klen);
 }
 
 static int cmp_item(const void *pa, const void *pb)
 {
     const struct sort_item *a = pa, *b = pb;
-    if (a->p0 != b->p0) {
-        return a->p0 < b->p0 ? -1 : 1;
-    }
-    if (a->p1 != b->p1) {
-        return a->p1 < b->p1 ? -1 : 1;
-    }
-    return cmp_entry(a->x, b->x);
+    int c = sdelta_prefix_cmp(&a->p, &b->p);
+    return c != 0 ? c : cmp_entry(a->x, b->x);
 }
 
 /* Same scope and key (the items are sorted, so the prefixes decide first). */
 static bool same_key(const struct sort_item *a, const struct sort_item *b)
 {
-    return a->p0 == b->p0 && a->p1 == b->p1 && a->x->klen == b->x->klen &&
-           (a->x->klen <= PREFIX_BYTES || strcmp(entry_key(a->x), entry_key(b->x)) == 0);
+    return sdelta_prefix_cmp(&a->p, &b->p) == 0 && a->x->klen == b->x->klen &&
+           (a->x->klen <= SDELTA_PREFIX_BYTES || strcmp(entry_key(a->x), entry_key(b->x)) == 0);
 }
 
 int stats_acc_flush(struct stats_acc *a, struct readmodel *rm, struct err *e)

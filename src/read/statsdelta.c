@@ -263,36 +263,37 @@ int sdelta_key_cmp(int sa, const char *ka, size_t la, int sb, const char *kb, si
     return c != 0 ? c : (la > lb) - (la < lb);
 }
 
-/* A key's first 15 bytes, scope first, big-endian and zero-padded: two
- * integers that order as sdelta_key_cmp does wherever they differ (a
- * missing byte counts as 0, below or equal to any byte; where they are
- * equal the full comparison decides), so most comparisons of a fold's
- * sort touch no entry. */
+struct sdelta_prefix sdelta_key_prefix(int scope, const char *key, size_t klen)
+{
+    unsigned char b[1 + SDELTA_PREFIX_BYTES] = { 0 };
+    b[0] = (unsigned char)scope;
+    memcpy(b + 1, key, klen < SDELTA_PREFIX_BYTES ? klen : SDELTA_PREFIX_BYTES);
+    uint64_t w0, w1;
+    memcpy(&w0, b, 8);
+    memcpy(&w1, b + 8, 8);
+    return (struct sdelta_prefix){ __builtin_bswap64(w0), __builtin_bswap64(w1) };
+}
+
+int sdelta_prefix_cmp(const struct sdelta_prefix *a, const struct sdelta_prefix *b)
+{
+    if (a->p0 != b->p0) {
+        return a->p0 < b->p0 ? -1 : 1;
+    }
+    return a->p1 != b->p1 ? (a->p1 < b->p1 ? -1 : 1) : 0;
+}
+
 struct sort_item {
-    uint64_t p0, p1;
+    struct sdelta_prefix p;
     const struct sdelta_rec *r;
 };
-
-static uint64_t be_prefix(const unsigned char *b)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) {
-        v = v << 8 | b[i];
-    }
-    return v;
-}
 
 static int cmp_item(const void *pa, const void *pb)
 {
     const struct sort_item *a = pa, *b = pb;
-    if (a->p0 != b->p0) {
-        return a->p0 < b->p0 ? -1 : 1;
-    }
-    if (a->p1 != b->p1) {
-        return a->p1 < b->p1 ? -1 : 1;
-    }
-    return sdelta_key_cmp(a->r->scope, a->r->key, a->r->klen, b->r->scope, b->r->key,
-                          b->r->klen);
+    int c = sdelta_prefix_cmp(&a->p, &b->p);
+    return c != 0 ? c
+                  : sdelta_key_cmp(a->r->scope, a->r->key, a->r->klen, b->r->scope, b->r->key,
+                                   b->r->klen);
 }
 
 const struct sdelta_rec **sdelta_sorted(const struct sdelta *d, size_t *n)
@@ -302,11 +303,7 @@ const struct sdelta_rec **sdelta_sorted(const struct sdelta *d, size_t *n)
     for (size_t i = 0; i <= d->mask; i++) {
         const struct entry *x = d->slot[i].e;
         if (x != NULL && !x->retired) {
-            unsigned char b[16] = { 0 };
-            b[0] = (unsigned char)x->r.scope;
-            memcpy(b + 1, x->k, x->r.klen < 15 ? x->r.klen : 15);
-            it[m].p0 = be_prefix(b);
-            it[m].p1 = be_prefix(b + 8);
+            it[m].p = sdelta_key_prefix(x->r.scope, x->k, x->r.klen);
             it[m].r = &x->r;
             m++;
         }

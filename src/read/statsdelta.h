@@ -66,4 +66,17 @@ void sdelta_retire(struct sdelta *d, const struct sdelta_rec *r);
 /* Orders (scope, key) as the stats table's primary key does (BINARY). */
 int sdelta_key_cmp(int sa, const char *ka, size_t la, int sb, const char *kb, size_t lb);
 
+/* The scope and a key's first SDELTA_PREFIX_BYTES bytes as two big-endian
+ * integers, zero-padded. Where two prefixes differ they order as
+ * sdelta_key_cmp does (a missing byte counts as 0, below or equal to any
+ * byte); equal prefixes need the full comparison. Sorts of many keys
+ * compare these and so seldom touch the keys themselves. */
+#define SDELTA_PREFIX_BYTES 15
+struct sdelta_prefix {
+    uint64_t p0, p1;
+};
+struct sdelta_prefix sdelta_key_prefix(int scope, const char *key, size_t klen);
+/* -1, 0 or 1. */
+int sdelta_prefix_cmp(const struct sdelta_prefix *a, const struct sdelta_prefix *b);
+
 #endif
