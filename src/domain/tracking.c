@@ -615,6 +615,33 @@ int tracking_from_json(enum tracking_kind kind, const char *json, size_t n,
     return ERR_OK;
 }
 
+/* dst <- src up to and with its NUL (src is NUL-terminated within n). */
+static void copy_text(char *dst, const char *src, size_t n)
+{
+    size_t len = strnlen(src, n - 1);
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+void tracking_copy(struct tracking *dst, const struct tracking *src)
+{
+    dst->kind = src->kind;
+    dst->id_given = src->id_given;
+    dst->ts_given = src->ts_given;
+    dst->timestamp_us = src->timestamp_us;
+    dst->tipo_conversion = src->tipo_conversion;
+    dst->valor = src->valor;
+    copy_text(dst->id, src->id, sizeof(dst->id));
+    copy_text(dst->campana_id, src->campana_id, sizeof(dst->campana_id));
+    copy_text(dst->influencer_id, src->influencer_id, sizeof(dst->influencer_id));
+    copy_text(dst->usuario_id, src->usuario_id, sizeof(dst->usuario_id));
+    copy_text(dst->tipo_evento, src->tipo_evento, sizeof(dst->tipo_evento));
+    copy_text(dst->user_agent, src->user_agent, sizeof(dst->user_agent));
+    copy_text(dst->ip_address, src->ip_address, sizeof(dst->ip_address));
+    copy_text(dst->referrer, src->referrer, sizeof(dst->referrer));
+    copy_text(dst->moneda, src->moneda, sizeof(dst->moneda));
+}
+
 bool tracking_same_payload(const struct tracking *stored, const struct tracking *cmd)
 {
     if (stored->kind != cmd->kind || strcmp(stored->id, cmd->id) != 0 ||

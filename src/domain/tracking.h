@@ -98,6 +98,11 @@ int tracking_from_json(enum tracking_kind kind, const char *json, size_t n,
  */
 bool tracking_same_payload(const struct tracking *stored, const struct tracking *cmd);
 
+/* *dst = *src, each text copied only up to its NUL (a struct is ~3.7 KiB,
+ * a typical event's texts a few hundred bytes); what follows a NUL in dst
+ * is left as it was. */
+void tracking_copy(struct tracking *dst, const struct tracking *src);
+
 /* "impresion:<id>" or "conversion:<id>" into out (ID_MAX + 16 bytes). */
 #define STREAM_ID_MAX (ID_MAX + 16)
 void tracking_stream_id(enum tracking_kind kind, const char *id, char *out);

@@ -27,6 +27,10 @@
 static void on_committed(struct commit_req *cr)
 {
     struct req *r = cr->arg;
+    const struct http_deps *d = &r->srv->deps;
+    if (cr->status == ERR_OK && d->committer != NULL && d->projector != NULL) {
+        projector_feed(d->projector, cr->out.position, cr->ev.recorded_at_us, r->cmd);
+    }
     atomic_store(&r->state, ST_READY);
     http_resume(r);
 }

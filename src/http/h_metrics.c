@@ -114,6 +114,14 @@ static int render(struct http_server *s, struct buf *b)
                                (uint64_t)ps.skipped));
         TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
                                (uint64_t)ps.invalid));
+        TRY(metrics_header(b, "rastro_projection_events_read_total", "counter",
+                           "Events live projection batches took, by source (memory: handed over "
+                           "by this process's committer as it made them durable; store: read "
+                           "back from the event store)."));
+        TRY(metrics_sample_u64(b, "rastro_projection_events_read_total", "source=\"memory\"",
+                               (uint64_t)ps.read_memory));
+        TRY(metrics_sample_u64(b, "rastro_projection_events_read_total", "source=\"store\"",
+                               (uint64_t)ps.read_store));
         TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
                            "Projection batches that failed and were retried, by reason (gap: a "
                            "position missing from the log; io: the read models or the store "

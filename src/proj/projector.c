@@ -51,6 +51,33 @@
 #define BATCH_NICE 19
 #define URGENT_MS 500
 
+/*
+ * The feed: events this process's committer has just made durable, handed
+ * over decoded (the command as validated, whose JSON is what was stored:
+ * the command fuzzer's oracle checks that it decodes back to the same
+ * payload), so a live batch need not read them back from the store and
+ * parse them again (a third of the projector's time). A contiguous run of
+ * positions [lo, lo + n) in a ring; a gap (another writer on a PostgreSQL
+ * store, a refused append), a full ring (the projector far behind) or a
+ * batch that starts before lo, and the batch reads the store for what the
+ * ring lacks, as before. The committer copies in while the projector
+ * copies out of other slots; a reset waits until the projector is done.
+ */
+#define FEED_CAP 4096
+
+struct feed_item {
+    int64_t position, recorded_at_us;
+    struct tracking t;
+};
+
+struct feed {
+    pthread_mutex_t mu;
+    struct feed_item *ring;         /* NULL: no feed */
+    size_t head, n;                 /* under mu */
+    int64_t lo;                     /* under mu: position of ring[head] */
+    bool reading;                   /* under mu: the projector is copying from head on */
+};
+
 struct projector {
     struct evstore *store;          /* read-only; under step_mu once started */
     struct readmodel *rm;           /* writer; under step_mu once started */
@@ -80,6 +107,8 @@ struct projector {
     struct rmcache *cache;          /* statistics answers to invalidate; may be NULL */
     struct buf touched;             /* this batch's statistics keys */
     struct proj_decoded *live;      /* live batches: the chunk read, then applied */
+    struct feed feed;               /* committed events handed over in memory */
+    int64_t batch_mem, batch_store; /* the batch's events from the feed, from the store */
     int64_t fold_retry_us;          /* under step_mu: no fold before (after a failed one) */
 };
 
@@ -192,6 +221,82 @@ static int read_chunk(struct projector *p, struct chunk *c, int64_t from, int64_
     c->n = 0;
     struct decode_arg da = { .c = c, .acc = p->acc };
     return max > 0 ? evstore_read(p->store, from, (size_t)max, decode_cb, &da, e) : 0;
+}
+
+/* Up to max events from position from out of the feed into c; 0 when the
+ * feed does not start at from (then *store_max says how far the store
+ * should be read: up to where the feed starts). */
+static size_t feed_take(struct projector *p, struct chunk *c, int64_t from, int64_t max,
+                        int64_t *store_max)
+{
+    struct feed *f = &p->feed;
+    *store_max = max;
+    if (f->ring == NULL) {
+        return 0;
+    }
+    pthread_mutex_lock(&f->mu);
+    if (f->n > 0 && from > f->lo) {         /* applied already: drop */
+        size_t skip = (uint64_t)(from - f->lo) < f->n ? (size_t)(from - f->lo) : f->n;
+        f->head = (f->head + skip) % FEED_CAP;
+        f->n -= skip;
+        f->lo += (int64_t)skip;
+    }
+    size_t take = 0;
+    if (f->n > 0 && from == f->lo) {
+        take = f->n < (uint64_t)max ? f->n : (size_t)max;
+        f->reading = true;
+    } else if (f->n > 0 && from < f->lo && f->lo - from < max) {
+        *store_max = f->lo - from;
+    }
+    size_t head = f->head;
+    pthread_mutex_unlock(&f->mu);
+    for (size_t i = 0; i < take; i++) {
+        const struct feed_item *it = &f->ring[(head + i) % FEED_CAP];
+        struct proj_decoded *d = &c->d[i];
+        d->position = it->position;
+        d->recorded_at_us = it->recorded_at_us;
+        d->status = PROJ_OK;
+        tracking_copy(&d->t, &it->t);
+        stats_acc_hint(p->acc, &d->t, &d->hint);
+        d->hinted = true;
+    }
+    if (take > 0) {
+        pthread_mutex_lock(&f->mu);
+        f->head = (f->head + take) % FEED_CAP;
+        f->n -= take;
+        f->lo += (int64_t)take;
+        f->reading = false;
+        pthread_mutex_unlock(&f->mu);
+    }
+    c->n = take;
+    return take;
+}
+
+void projector_feed(struct projector *p, int64_t position, int64_t recorded_at_us,
+                    const struct tracking *t)
+{
+    struct feed *f = &p->feed;
+    if (f->ring == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&f->mu);
+    if (f->n > 0 && (position != f->lo + (int64_t)f->n || f->n == FEED_CAP)) {
+        if (f->reading) {               /* the projector is copying: keep its run */
+            pthread_mutex_unlock(&f->mu);
+            return;
+        }
+        f->n = 0;       /* a gap, or the projector far behind: it reads the store */
+    }
+    if (f->n == 0) {
+        f->head = 0;
+        f->lo = position;
+    }
+    struct feed_item *it = &f->ring[(f->head + f->n) % FEED_CAP];
+    it->position = position;
+    it->recorded_at_us = recorded_at_us;
+    tracking_copy(&it->t, t);
+    f->n++;
+    pthread_mutex_unlock(&f->mu);
 }
 
 static void *pipe_run(void *arg)
@@ -342,10 +447,20 @@ static int read_apply(struct projector *p, int64_t from, int64_t max, struct err
     struct chunk c = { .d = p->live };
     for (int64_t n = 0; n < max; n += (int64_t)c.n) {
         int64_t want = max - n < CHUNK ? max - n : CHUNK;
+        int64_t store_want = want;
+        if (feed_take(p, &c, from + n + 1, want, &store_want) > 0) {
+            p->batch_mem += (int64_t)c.n;
+            if (apply_chunk(p, &c)) {
+                return 1;
+            }
+            continue;
+        }
+        want = store_want;
         int rc = read_chunk(p, &c, from + n + 1, want, e);
         if (rc < 0) {
             return rc;
         }
+        p->batch_store += (int64_t)c.n;
         if (apply_chunk(p, &c)) {
             return 1;
         }
@@ -388,6 +503,7 @@ static int step(struct projector *p, struct pipe *q, struct err *e)
 {
     int64_t from = projector_position(p);
     memset(&p->batch_c, 0, sizeof(p->batch_c));
+    p->batch_mem = p->batch_store = 0;
     p->batch_last = from;
     p->batch_err = ERR_OK;
     int rc = rm_begin(p->rm, e);
@@ -445,6 +561,8 @@ static int step(struct projector *p, struct pipe *q, struct err *e)
     p->st.skipped += p->batch_c.skipped;
     p->st.invalid += p->batch_c.invalid;
     p->st.batches++;
+    p->st.read_memory += p->batch_mem;
+    p->st.read_store += p->batch_store;
     pthread_mutex_unlock(&p->mu);
     return (int)(p->batch_last - from);
 fail:
@@ -717,6 +835,10 @@ int projector_new_from(struct evstore *store, const char *rm_path, struct bus *b
     p->store = store;
     buf_init(&p->touched, 0);
     p->live = xmalloc(CHUNK * sizeof(struct proj_decoded));
+    pthread_mutex_init(&p->feed.mu, NULL);
+    if (!p->bulk) {     /* pages are touched only as events are fed */
+        p->feed.ring = xmalloc(FEED_CAP * sizeof(*p->feed.ring));
+    }
     int rc = ERR_OK;
     {
         rc = readmodel_open(rm_path, p->bulk ? RM_BULK : RM_WRITER, NULL, &p->rm, e);
@@ -799,6 +921,8 @@ void projector_free(struct projector *p)
     stats_acc_free(p->acc);
     buf_fini(&p->touched);
     free(p->live);
+    free(p->feed.ring);
+    pthread_mutex_destroy(&p->feed.mu);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->step_mu);
     pthread_cond_destroy(&p->catchup_cv);

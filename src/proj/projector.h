@@ -35,6 +35,8 @@ struct projector_stats {
     int64_t batches;
     int64_t errors;             /* failed batches, all reasons */
     int64_t errors_gap;         /* ... of which the log had a gap (a store fault) */
+    int64_t read_memory;        /* live batches' events handed over by projector_feed */
+    int64_t read_store;         /* ... and read back from the store */
 };
 
 struct proj_waiter {
@@ -89,5 +91,11 @@ int projector_run_to(struct projector *p, int64_t upto, struct err *e) WARN_UNUS
 /* Registers w; if the position already reached w->min_position, calls
  * w->wake(w) at once (on the caller's thread) instead. */
 void projector_add_waiter(struct projector *p, struct proj_waiter *w);
+
+/* position (recorded at recorded_at_us) holds t: this process's committer
+ * made it durable just now. From the committer's thread, in position order;
+ * the projector may use it instead of reading the store. */
+void projector_feed(struct projector *p, int64_t position, int64_t recorded_at_us,
+                    const struct tracking *t);
 
 #endif

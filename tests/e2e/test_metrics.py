@@ -55,7 +55,7 @@ class MetricsTest(ServerTestCase):
                      "rastro_projection_lag_seconds", "rastro_projection_events_applied_total",
                      "rastro_projection_events_skipped_total", "rastro_http_requests_total",
                      "rastro_http_requests_in_flight", "rastro_read_models_size_bytes",
-                     "rastro_read_model_rows"):
+                     "rastro_read_model_rows", "rastro_projection_events_read_total"):
             self.assertIn("\n" + name, "\n" + text, "missing %s" % name)
 
     def test_counters_move_by_exactly_what_happened(self):
@@ -86,6 +86,13 @@ class MetricsTest(ServerTestCase):
         self.assertEqual(delta('rastro_projection_events_applied_total{projection="impresiones"}'),
                          8)
         self.assertEqual(after["rastro_projection_lag_events"], 0)
+        # each event taken once: handed over by the committer as it was made
+        # durable (the projector waits out a 50 ms window, the hand-over
+        # takes microseconds), or read back from the store
+        mem = delta('rastro_projection_events_read_total{source="memory"}')
+        store = delta('rastro_projection_events_read_total{source="store"}')
+        self.assertEqual(mem + store, 8, (mem, store))
+        self.assertGreaterEqual(mem, 1, "no event came from the committer's hand-over")
         self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/impresiones",'
                                'code="202"}'), 6)
         self.assertEqual(delta('rastro_http_requests_total{route="POST /tracking/impresiones",'

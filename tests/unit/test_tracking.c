@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "core/buf.h"
 #include "core/timeutil.h"
 #include "domain/tracking.h"
 
@@ -333,6 +334,51 @@ static void test_text_and_currency(void)
     CHECK_STR(sid, "conversion:x1");
 }
 
+/* tracking_copy: into a struct full of junk, each field at its longest and
+ * at its shortest; the copy encodes to the same event data and carries the
+ * same flags (a field added to the struct and the JSON but not to the copy
+ * fails here). */
+static void test_copy(void)
+{
+    static char ua[UA_MAX + 1], ref[REF_MAX + 1], id[ID_MAX + 1];
+    memset(ua, 'u', UA_MAX);
+    memset(ref, 'r', REF_MAX);
+    memset(id, 'i', ID_MAX);
+    static char body[8192];
+    const char *shapes[2];
+    snprintf(body, sizeof(body),
+             "{\"id\":\"%s\",\"campana_id\":\"%s\",\"influencer_id\":\"%s\",\"usuario_id\":\"%s\","
+             "\"user_agent\":\"%s\",\"referrer\":\"%s\",\"ip_address\":\"2001:db8::1\","
+             "\"tipo_evento\":\"CLICK_X\",\"timestamp\":\"2026-01-01T00:00:00.123456Z\","
+             "\"tipo_conversion\":\"SUSCRIPCION\",\"valor\":\"123456.7891\",\"moneda\":\"EUR\"}",
+             id, id, id, id, ua, ref);
+    shapes[0] = body;
+    shapes[1] = "{\"campana_id\":\"c\"}";
+    for (int kind = 0; kind < 2; kind++) {
+        for (size_t i = 0; i < ARRAY_LEN(shapes); i++) {
+            struct tracking src;
+            static struct tracking dst;
+            struct err e;
+            err_clear(&e);
+            enum tracking_kind k = kind ? KIND_CONVERSION : KIND_IMPRESION;
+            CHECKF(tracking_parse_command(k, shapes[i], strlen(shapes[i]), &src, &e) == ERR_OK,
+                   "shape %zu: %s", i, e.msg);
+            memset(&dst, 0x5a, sizeof(dst));
+            tracking_copy(&dst, &src);
+            struct buf a, b;
+            buf_init(&a, 0);
+            buf_init(&b, 0);
+            CHECK(tracking_to_json(&src, &a) == ERR_OK && tracking_to_json(&dst, &b) == ERR_OK);
+            CHECKF(a.len == b.len && memcmp(a.p, b.p, a.len) == 0, "kind %d shape %zu:\n%s\n%s",
+                   kind, i, a.p, b.p);
+            CHECK(dst.kind == src.kind && dst.id_given == src.id_given &&
+                  dst.ts_given == src.ts_given && tracking_same_payload(&dst, &src));
+            buf_fini(&a);
+            buf_fini(&b);
+        }
+    }
+}
+
 int main(void)
 {
     test_command_table();
@@ -342,5 +388,6 @@ int main(void)
     test_time();
     test_format_matches_gmtime();
     test_text_and_currency();
+    test_copy();
     return check_done("test_tracking");
 }
