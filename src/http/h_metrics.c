@@ -36,6 +36,20 @@ static int64_t rm_bytes(const char *path)
     return file_bytes(path) + file_bytes(p);
 }
 
+/* A counter with two label values. */
+static int counter_pair(struct buf *b, const char *name, const char *help, const char *l1,
+                        int64_t v1, const char *l2, int64_t v2)
+{
+    int rc = metrics_header(b, name, "counter", help);
+    if (rc == ERR_OK) {
+        rc = metrics_sample_u64(b, name, l1, (uint64_t)v1);
+    }
+    if (rc == ERR_OK) {
+        rc = metrics_sample_u64(b, name, l2, (uint64_t)v2);
+    }
+    return rc;
+}
+
 static int render(struct http_server *s, struct buf *b)
 {
     char lb[256];
@@ -107,29 +121,21 @@ static int render(struct http_server *s, struct buf *b)
             TRY(metrics_sample_u64(b, "rastro_projection_events_applied_total", lb,
                                    (uint64_t)ps.applied));
         }
-        TRY(metrics_header(b, "rastro_projection_events_skipped_total", "counter",
-                           "Events the projections skipped, by reason (unknown_type: from a newer "
-                           "version; invalid: data that does not decode)."));
-        TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"unknown_type\"",
-                               (uint64_t)ps.skipped));
-        TRY(metrics_sample_u64(b, "rastro_projection_events_skipped_total", "reason=\"invalid\"",
-                               (uint64_t)ps.invalid));
-        TRY(metrics_header(b, "rastro_projection_events_read_total", "counter",
-                           "Events live projection batches took, by source (memory: handed over "
-                           "by this process's committer as it made them durable; store: read "
-                           "back from the event store)."));
-        TRY(metrics_sample_u64(b, "rastro_projection_events_read_total", "source=\"memory\"",
-                               (uint64_t)ps.read_memory));
-        TRY(metrics_sample_u64(b, "rastro_projection_events_read_total", "source=\"store\"",
-                               (uint64_t)ps.read_store));
-        TRY(metrics_header(b, "rastro_projection_errors_total", "counter",
-                           "Projection batches that failed and were retried, by reason (gap: a "
-                           "position missing from the log; io: the read models or the store "
-                           "failed)."));
-        TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"gap\"",
-                               (uint64_t)ps.errors_gap));
-        TRY(metrics_sample_u64(b, "rastro_projection_errors_total", "reason=\"io\"",
-                               (uint64_t)(ps.errors - ps.errors_gap)));
+        TRY(counter_pair(b, "rastro_projection_events_skipped_total",
+                         "Events the projections skipped, by reason (unknown_type: from a newer "
+                         "version; invalid: data that does not decode).",
+                         "reason=\"unknown_type\"", ps.skipped, "reason=\"invalid\"", ps.invalid));
+        TRY(counter_pair(b, "rastro_projection_events_read_total",
+                         "Events live projection batches took, by source (memory: handed over "
+                         "by this process's committer as it made them durable; store: read "
+                         "back from the event store).",
+                         "source=\"memory\"", ps.read_memory, "source=\"store\"", ps.read_store));
+        TRY(counter_pair(b, "rastro_projection_errors_total",
+                         "Projection batches that failed and were retried, by reason (gap: a "
+                         "position missing from the log; io: the read models or the store "
+                         "failed).",
+                         "reason=\"gap\"", ps.errors_gap, "reason=\"io\"",
+                         ps.errors - ps.errors_gap));
         const char *ids_path, *lists_path;
         rm_index_paths(projector_rm_index(s->deps.projector), &ids_path, &lists_path);
         TRY(metrics_header(b, "rastro_read_models_size_bytes", "gauge",

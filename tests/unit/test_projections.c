@@ -534,6 +534,17 @@ static void test_flush_groups_by_key(const char *dir)
     fx_close(&f);
 }
 
+/* A new SQLite event store in dir/name (its folder in store_dir). */
+static struct evstore *new_store(const char *dir, const char *name, char *store_dir, size_t max)
+{
+    snprintf(store_dir, max, "%s/%s", dir, name);
+    CHECK(mkdir(store_dir, 0755) == 0);
+    struct evstore *s = NULL;
+    struct err e;
+    CHECK(evstore_open(NULL, store_dir, 0, &s, &e) == ERR_OK);
+    return s;
+}
+
 /*
  * The rebuild (PROJ_BULK: a reader thread decodes chunks while the caller
  * applies them, in batches far larger than a chunk) must give exactly what
@@ -544,11 +555,8 @@ static void test_bulk_equals_live(const char *dir)
 {
     enum { N = 3000 };
     char store_dir[300], path[400];
-    snprintf(store_dir, sizeof(store_dir), "%s/store", dir);
-    CHECK(mkdir(store_dir, 0755) == 0);
-    struct evstore *s = NULL;
     struct err e;
-    CHECK(evstore_open(NULL, store_dir, 0, &s, &e) == ERR_OK);
+    struct evstore *s = new_store(dir, "store", store_dir, sizeof(store_dir));
     if (s == NULL) {
         return;
     }
@@ -647,11 +655,8 @@ static void test_bulk_equals_live(const char *dir)
 static void test_feed(const char *dir)
 {
     char store_dir[512], path[600];
-    snprintf(store_dir, sizeof(store_dir), "%s/feedstore", dir);
-    CHECK(mkdir(store_dir, 0755) == 0);
-    struct evstore *s = NULL;
     struct err e;
-    CHECK(evstore_open(NULL, store_dir, 0, &s, &e) == ERR_OK);
+    struct evstore *s = new_store(dir, "feedstore", store_dir, sizeof(store_dir));
     if (s == NULL) {
         return;
     }
@@ -760,12 +765,9 @@ static void test_starved_batch_thread(const char *dir)
 {
     enum { N = 30000, CHUNK_EV = 500 };
     char store_dir[300], path[400];
-    snprintf(store_dir, sizeof(store_dir), "%s/starve", dir);
-    CHECK(mkdir(store_dir, 0755) == 0);
     snprintf(path, sizeof(path), "%s/readmodels.db", store_dir);
-    struct evstore *s = NULL;
     struct err e;
-    CHECK(evstore_open(NULL, store_dir, 0, &s, &e) == ERR_OK);
+    struct evstore *s = new_store(dir, "starve", store_dir, sizeof(store_dir));
     if (s == NULL) {
         return;
     }
