@@ -210,7 +210,9 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
     }
     struct err e;
     err_clear(&e);
-    r->cmd = xmalloc(sizeof(*r->cmd));     /* only commands pay for its 4 KiB */
+    if (r->cmd == NULL) {
+        r->cmd = xmalloc(sizeof(*r->cmd));     /* only commands pay for its 4 KiB */
+    }
     if (tracking_parse_command(r->route.kind, r->body.p ? r->body.p : "", r->body.len, r->cmd,
                                &e) != ERR_OK) {
         counter_add(&r->srv->m.rejected[REJ_INVALID], 1);

@@ -54,6 +54,10 @@ struct http_loop {
     atomic_bool wake_pending;       /* wake_fd was written since the loop last looked */
     pthread_t thread;
     bool running;                   /* the thread was started */
+    /* finished requests kept for the next ones, with their buffers and
+     * command struct (only this loop's thread touches them) */
+    struct req *spare[64];
+    unsigned n_spare;
 };
 
 struct http_server {
