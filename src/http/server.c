@@ -556,9 +556,10 @@ static struct MHD_Daemon *start_daemon(struct http_loop *l, const struct sockadd
                       : (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL },
         { MHD_OPTION_END, 0, NULL },
     };
+    /* the logger first: options before it would log through MHD's own */
     return MHD_start_daemon(flags, 0, NULL, NULL, on_access, l,
-                            MHD_OPTION_ARRAY, where,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+                            MHD_OPTION_ARRAY, where,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, NULL,
                             MHD_OPTION_CONNECTION_TIMEOUT,

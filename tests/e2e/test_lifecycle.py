@@ -604,6 +604,11 @@ class SigtermTest(LifecycleCase):
         t0 = time.monotonic()
         self.assertEqual(srv.stop(), 0)
         self.assertLess(time.monotonic() - t0, 10, "an idle server must stop promptly")
+        # a clean start and stop says nothing alarming (libmicrohttpd's own
+        # complaints about its options came out as warnings once)
+        noisy = [l for l in srv.read_log().splitlines()
+                 if "level=warn" in l or "level=error" in l]
+        self.assertEqual(noisy, [])
 
 
 class KillTest(LifecycleCase):
