@@ -640,12 +640,12 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
     s->loops = xcalloc(threads, sizeof(*s->loops));
     s->n_loops = threads;
     for (unsigned i = 0; i < threads; i++) {
-        s->loops[i].wake_fd = -1;
+        s->loops[i].srv = s;
+        s->loops[i].wake_fd = -1;       /* what stop_loops may close */
     }
     int listen_fd = -1;
     for (unsigned i = 0; i < threads; i++) {
         struct http_loop *l = &s->loops[i];
-        l->srv = s;
         int fd = -1;
         if (i > 0 && (fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
             err_set(e, ERR_IO, "cannot share the listening socket: %s", strerror(errno));

@@ -447,24 +447,18 @@ static int read_apply(struct projector *p, int64_t from, int64_t max, struct err
     struct chunk c = { .d = p->live };
     for (int64_t n = 0; n < max; n += (int64_t)c.n) {
         int64_t want = max - n < CHUNK ? max - n : CHUNK;
-        int64_t store_want = want;
-        if (feed_take(p, &c, from + n + 1, want, &store_want) > 0) {
-            p->batch_mem += (int64_t)c.n;
-            if (apply_chunk(p, &c)) {
-                return 1;
+        bool fed = feed_take(p, &c, from + n + 1, want, &want) > 0;
+        if (!fed) {
+            int rc = read_chunk(p, &c, from + n + 1, want, e);
+            if (rc < 0) {
+                return rc;
             }
-            continue;
         }
-        want = store_want;
-        int rc = read_chunk(p, &c, from + n + 1, want, e);
-        if (rc < 0) {
-            return rc;
-        }
-        p->batch_store += (int64_t)c.n;
+        *(fed ? &p->batch_mem : &p->batch_store) += (int64_t)c.n;
         if (apply_chunk(p, &c)) {
             return 1;
         }
-        if ((int64_t)c.n < want) {
+        if (!fed && (int64_t)c.n < want) {
             break;      /* everything there was */
         }
     }
