@@ -2,8 +2,9 @@
  * h_commands.c - POST /tracking/impresiones and /tracking/conversiones.
  *
  * body -> validate (domain) -> event -> committer (group commit) -> 202.
- * The connection is suspended while the event is made durable and resumed
- * by the committer thread; the 202 is only ever sent after the fsync.
+ * The connection is parked (http_park) while the event is made durable; the
+ * committer thread's completion marks it ready and wakes its loop, and the
+ * 202 is only ever sent after the fsync.
  * Idempotency: a client id names the stream "impresion:<id>"; appending
  * expects no such stream. On conflict the stored event is compared with
  * the command: the same payload gets the first answer again (and nothing
@@ -31,8 +32,7 @@ static void on_committed(struct commit_req *cr)
     if (cr->status == ERR_OK && d->committer != NULL && d->projector != NULL) {
         projector_feed(d->projector, cr->out.position, cr->ev.recorded_at_us, r->cmd);
     }
-    atomic_store(&r->state, ST_READY);
-    http_resume(r);
+    http_parked_ready(r);
 }
 
 static enum MHD_Result reply_accepted(struct req *r, const char *id, int64_t position)
@@ -159,9 +159,7 @@ static enum MHD_Result submit(struct req *r)
     cr->done = on_committed;
     cr->arg = r;
     atomic_store(&r->state, ST_WAITING);
-    /* suspend before submitting, so the committer can never resume a
-     * connection that is not suspended yet */
-    http_suspend(r);
+    http_park(r);       /* before submitting: the completion may come at once */
     r->srv->deps.submit(r->srv->deps.submit_arg, cr, ts_defaulted);
     return MHD_YES;
 }
@@ -170,10 +168,11 @@ enum MHD_Result h_command(struct req *r, const char *upload, size_t *upload_size
 {
     int st = atomic_load(&r->state);
     if (st == ST_READY) {
+        http_unpark(r);
         return finish(r);
     }
     if (st == ST_WAITING) {
-        return MHD_YES;     /* spurious call while suspended: nothing to do */
+        return MHD_YES;     /* parked: the commit is not done yet */
     }
     if (st == ST_NEW) {
         const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,

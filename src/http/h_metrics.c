@@ -189,6 +189,12 @@ static int render(struct http_server *s, struct buf *b)
     TRY(metrics_header(b, "rastro_http_requests_in_flight", "gauge",
                        "HTTP requests being handled, this one included."));
     TRY(metrics_sample(b, "rastro_http_requests_in_flight", NULL, (double)atomic_load(&m->in_flight)));
+    TRY(metrics_header(b, "rastro_http_commands_unanswered_total", "counter",
+                       "Commands whose connection ended while their commit was under way (the "
+                       "client reset it, or the server stopped). The event may be stored: a retry "
+                       "with the same id gets the answer the first would have."));
+    TRY(metrics_sample_u64(b, "rastro_http_commands_unanswered_total", NULL,
+                           atomic_load(&m->unanswered)));
     const struct verify_stats *v = s->deps.verify;
     if (v != NULL) {
         TRY(metrics_header(b, "rastro_verify_runs_total", "counter",

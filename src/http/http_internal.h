@@ -21,7 +21,9 @@
 
 #define BODY_MAX (64 * 1024)
 
-enum req_state { ST_NEW = 0, ST_BODY, ST_WAITING, ST_READY };
+/* ST_ABANDONED: the connection ended while its command was being
+ * committed; the commit's completion frees the context (http_parked_ready). */
+enum req_state { ST_NEW = 0, ST_BODY, ST_WAITING, ST_READY, ST_ABANDONED };
 
 /* Label values of rastro_http_requests_total. */
 enum route_label {
@@ -40,6 +42,7 @@ const char *http_route_name(enum route_label l);
 struct http_metrics {
     _Atomic uint64_t requests[RL__COUNT][SL__COUNT];
     _Atomic int64_t in_flight;
+    _Atomic uint64_t unanswered;            /* parked commands whose connection ended */
     _Atomic uint64_t stored[2];             /* by tracking_kind, answered 202 as new */
     _Atomic uint64_t rejected[REJ__COUNT];
     struct histogram query_seconds[QL__COUNT];
@@ -58,6 +61,8 @@ struct http_loop {
      * command struct (only this loop's thread touches them) */
     struct req *spare[64];
     unsigned n_spare;
+    unsigned parked;                /* commands waiting for their commit (http_park) */
+    unsigned progress;              /* requests begun, answered or ended: a pass did work */
 };
 
 struct http_server {
@@ -98,6 +103,7 @@ struct req {
     int route_rc;                   /* route_match's answer */
     bool www_authenticate;          /* a 401: say how to authenticate */
     bool close_conn;                /* answer with Connection: close */
+    bool parked;                    /* http_park()ed and not yet answered */
 };
 
 /* With API keys configured: ERR_OK if the request may proceed, else the
@@ -116,6 +122,17 @@ enum MHD_Result http_reply_error(struct req *r, unsigned status, const char *msg
 void http_suspend(struct req *r);
 /* Resumes it; from any thread. */
 void http_resume(struct req *r);
+/* Parks a command while the committer makes it durable: the handler
+ * returns without an answer and is called again each time the loop runs
+ * until http_parked_ready() (state ST_READY); then it answers and calls
+ * http_unpark(). Unlike suspending, this costs libmicrohttpd no epoll_ctl
+ * pair (see server.c). Loop thread only. */
+void http_park(struct req *r);
+/* The commit's completion, from any thread: sets ST_READY and wakes the
+ * loop, or frees the context if its connection has ended meanwhile. */
+void http_parked_ready(struct req *r);
+/* The parked command is being answered (loop thread). */
+void http_unpark(struct req *r);
 
 /* While draining: the 503 every request gets (true), or false to go on. */
 bool http_refuse_draining(struct req *r, enum MHD_Result *ret);

@@ -1,9 +1,9 @@
 /*
- * server.h - the HTTP front: libmicrohttpd with an internal thread pool on
- * epoll. Command requests are suspended while the committer makes them
- * durable and resumed from its thread; queries that wait for a position
- * are suspended until the projector reaches it. No worker thread ever
- * blocks on a commit or a wait.
+ * server.h - the HTTP front: libmicrohttpd daemons on epoll, each run by an
+ * event-loop thread of ours (--threads). Command requests are parked while
+ * the committer makes them durable and answered when its thread says so;
+ * queries that wait for a position are suspended until the projector
+ * reaches it. No thread ever blocks on a commit or a wait.
  */
 #ifndef RASTRO_HTTP_SERVER_H
 #define RASTRO_HTTP_SERVER_H
@@ -68,7 +68,7 @@ int http_start(const char *listen, const struct http_deps *deps, struct http_ser
  * MHD_quiesce_daemon() races its own epoll loop for the listen socket and
  * the loser aborts the process (seen in CI; an open upstream defect). */
 void http_drain(struct http_server *s);
-/* Connections still suspended (waiting for a commit or a position). */
+/* Requests still waiting for a commit (parked) or a position (suspended). */
 int http_suspended(struct http_server *s);
 /* Closes everything and frees. NULL is a no-op. */
 void http_stop(struct http_server *s);

@@ -178,6 +178,25 @@ def wait_for(pred, timeout, what, step=0.05):
     raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
 
 
+def parse_metrics(text):
+    """name{labels} -> value, for every sample line of a /metrics answer."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        out[key] = float(value)
+    return out
+
+
+def metric(server, sample):
+    """One sample's value ('name' or 'name{labels}' as exposed), or None."""
+    status, _, _, raw = http_request(server.port, "GET", "/metrics")
+    if status != 200:
+        raise AssertionError("GET /metrics answered %d" % status)
+    return parse_metrics(raw.decode()).get(sample)
+
+
 class PostLoad:
     """Client threads POSTing impressions with fresh ids ("<prefix>-<t>-<n>")
     until stop(), while a test breaks something. Keeps every id that got a

@@ -15,20 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sqlite3  # noqa: E402
 import time  # noqa: E402
 
-from harness import K_CAMPANA, Server, ServerTestCase, http_request  # noqa: E402
+from harness import K_CAMPANA, Server, ServerTestCase, http_request, parse_metrics as parse  # noqa: E402,E501
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-
-
-def parse(text):
-    """name{labels} -> value, for every sample line."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        out[key] = float(value)
-    return out
 
 
 class MetricsTest(ServerTestCase):
