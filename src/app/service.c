@@ -109,6 +109,11 @@ static void submit_to_committer(void *arg, struct commit_req *r, bool ts_default
     committer_submit(arg, r);
 }
 
+static void submit_list_to_committer(void *arg, struct commit_req *head)
+{
+    committer_submit_list(arg, head);
+}
+
 /* Is the listen address loopback only (127.0.0.0/8, ::1, localhost)? */
 static bool listen_is_loopback(const char *listen)
 {
@@ -236,6 +241,7 @@ int service_serve(const struct config *cfg)
     };
     if (committer != NULL && (embedded || (roles & ROLE_API))) {
         deps.submit = submit_to_committer;
+        deps.submit_list = submit_list_to_committer;
         deps.submit_arg = committer;
     }
     if (!embedded) {

@@ -160,7 +160,12 @@ static enum MHD_Result submit(struct req *r)
     cr->arg = r;
     atomic_store(&r->state, ST_WAITING);
     http_park(r);       /* before submitting: the completion may come at once */
-    r->srv->deps.submit(r->srv->deps.submit_arg, cr, ts_defaulted);
+    const struct http_deps *d = &r->srv->deps;
+    if (d->submit_list != NULL) {
+        http_plug(r->loop, cr);     /* submitted with the rest of this pass */
+    } else {
+        d->submit(d->submit_arg, cr, ts_defaulted);
+    }
     return MHD_YES;
 }
 

@@ -63,6 +63,9 @@ struct http_loop {
     unsigned n_spare;
     unsigned parked;                /* commands waiting for their commit (http_park) */
     unsigned progress;              /* requests begun, answered or ended: a pass did work */
+    /* commands parked during this pass, submitted together after it
+     * (deps.submit_list) */
+    struct commit_req *plug_head, *plug_tail;
 };
 
 struct http_server {
@@ -133,6 +136,8 @@ void http_park(struct req *r);
 void http_parked_ready(struct req *r);
 /* The parked command is being answered (loop thread). */
 void http_unpark(struct req *r);
+/* Holds a parked command's commit request until the loop's pass ends. */
+void http_plug(struct http_loop *l, struct commit_req *cr);
 
 /* While draining: the 503 every request gets (true), or false to go on. */
 bool http_refuse_draining(struct req *r, enum MHD_Result *ret);

@@ -310,6 +310,28 @@ void http_unpark(struct req *r)
     }
 }
 
+void http_plug(struct http_loop *l, struct commit_req *cr)
+{
+    cr->next = NULL;
+    if (l->plug_tail != NULL) {
+        l->plug_tail->next = cr;
+    } else {
+        l->plug_head = cr;
+    }
+    l->plug_tail = cr;
+}
+
+/* Submits what this pass parked: one lock and one wake-up of the
+ * committer instead of one a command. */
+static void unplug(struct http_loop *l)
+{
+    struct commit_req *head = l->plug_head;
+    if (head != NULL) {
+        l->plug_head = l->plug_tail = NULL;
+        l->srv->deps.submit_list(l->srv->deps.submit_arg, head);
+    }
+}
+
 int http_suspended(struct http_server *s)
 {
     return atomic_load(&s->suspended);
@@ -600,6 +622,7 @@ static void *loop_main(void *arg)
         }
         unsigned progress = l->progress;
         MHD_run(l->d);      /* epoll_wait with timeout 0: never blocks */
+        unplug(l);
         MHD_UNSIGNED_LONG_LONG to = 0;
         int ms = LOOP_MAX_WAIT_MS;
         if (MHD_get_timeout(l->d, &to) == MHD_YES && to < (MHD_UNSIGNED_LONG_LONG)ms) {

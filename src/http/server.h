@@ -32,6 +32,9 @@ struct http_deps {
      * (a bus), as submit(submit_arg, req, ts_defaulted). NULL: this node
      * takes no commands (404). */
     void (*submit)(void *arg, struct commit_req *r, bool ts_defaulted);
+    /* Optional, with the same submit_arg: a list of commands linked through
+     * ->next, submitted together (each loop gathers a pass's commands). */
+    void (*submit_list)(void *arg, struct commit_req *head);
     void *submit_arg;
     struct committer *committer;    /* store metrics; NULL without a local committer */
     struct projector *projector;    /* NULL: this node serves no queries (404) */

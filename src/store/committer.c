@@ -226,22 +226,40 @@ struct committer *committer_new(struct evstore *s, size_t max_batch)
 void committer_submit(struct committer *c, struct commit_req *r)
 {
     r->next = NULL;
+    committer_submit_list(c, r);
+}
+
+void committer_submit_list(struct committer *c, struct commit_req *head)
+{
+    if (head == NULL) {
+        return;
+    }
+    struct commit_req *tail = head;
+    int64_t n = 1;
+    while (tail->next != NULL) {
+        tail = tail->next;
+        n++;
+    }
     pthread_mutex_lock(&c->mu);
     if (c->stopping) {
         pthread_mutex_unlock(&c->mu);
-        r->status = ERR_STATE;
-        r->existing_data = NULL;
-        snprintf(r->errmsg, sizeof(r->errmsg), "shutting down");
-        r->done(r);
+        while (head != NULL) {
+            struct commit_req *r = head;
+            head = r->next;         /* done() may reuse r */
+            r->status = ERR_STATE;
+            r->existing_data = NULL;
+            snprintf(r->errmsg, sizeof(r->errmsg), "shutting down");
+            r->done(r);
+        }
         return;
     }
-    atomic_fetch_add(&c->pending, 1);
+    atomic_fetch_add(&c->pending, n);
     if (c->tail != NULL) {
-        c->tail->next = r;
+        c->tail->next = head;
     } else {
-        c->head = r;
+        c->head = head;
     }
-    c->tail = r;
+    c->tail = tail;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }

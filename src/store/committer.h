@@ -54,6 +54,9 @@ void committer_stop(struct committer *c);
 void committer_free(struct committer *c);
 
 void committer_submit(struct committer *c, struct commit_req *r);
+/* Submits a list linked through ->next (NULL-terminated) under one lock
+ * and one wake-up: an HTTP loop hands over a pass's commands at once. */
+void committer_submit_list(struct committer *c, struct commit_req *head);
 void committer_set_listener(struct committer *c, void (*on_commit)(void *arg, int64_t head),
                             void *arg);
 int64_t committer_head(struct committer *c);

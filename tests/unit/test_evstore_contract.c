@@ -5,12 +5,14 @@
  * not change. PostgreSQL runs on the cluster ctest starts (pgtest.h).
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "pgtest.h"
+#include "store/committer.h"
 #include "store/evstore.h"
 
 struct backend {
@@ -218,6 +220,91 @@ static void contract(const struct backend *b)
     free(mo);
 }
 
+/* Group commit over the store: a list of commands submitted at once
+ * (committer_submit_list, as an HTTP loop does after each pass) is
+ * committed in its order, each answered exactly once, a taken stream as a
+ * conflict; after committer_stop a list is refused, each one once. */
+enum { LIST_N = 5 };
+
+struct list_done {
+    pthread_mutex_t mu;
+    struct commit_req *base;
+    int calls[LIST_N];
+    int total;
+};
+
+static void on_list_done(struct commit_req *r)
+{
+    struct list_done *ld = r->arg;
+    pthread_mutex_lock(&ld->mu);
+    ld->calls[r - ld->base]++;
+    ld->total++;
+    pthread_mutex_unlock(&ld->mu);
+}
+
+static void committer_list(const struct backend *b)
+{
+    struct evstore *s = open_store(b, 0);
+    if (s == NULL) {
+        return;
+    }
+    struct err e;
+    int64_t head = 0;
+    CHECK(evstore_head(s, &head, &e) == ERR_OK && head > 0);
+    struct committer *c = committer_new(s, 256);
+    struct commit_req reqs[LIST_N];
+    struct list_done ld = { .mu = PTHREAD_MUTEX_INITIALIZER, .base = reqs };
+    static const char *const streams[LIST_N] = {
+        "impresion:list-0", "impresion:list-1", "impresion:a" /* taken */,
+        "impresion:list-0" /* taken by the first */, "conversion:list-0",
+    };
+    memset(reqs, 0, sizeof(reqs));
+    for (int i = 0; i < LIST_N; i++) {
+        reqs[i].ev = mk(streams[i], EVSTORE_NO_STREAM, "{}");
+        reqs[i].done = on_list_done;
+        reqs[i].arg = &ld;
+        reqs[i].next = i + 1 < LIST_N ? &reqs[i + 1] : NULL;
+    }
+    committer_submit_list(c, &reqs[0]);
+    for (int i = 0; i < 500; i++) {
+        pthread_mutex_lock(&ld.mu);
+        int total = ld.total;
+        pthread_mutex_unlock(&ld.mu);
+        if (total >= LIST_N) {
+            break;
+        }
+        usleep(10000);
+    }
+    static const int want_status[LIST_N] = { ERR_OK, ERR_OK, ERR_CONFLICT, ERR_CONFLICT, ERR_OK };
+    static const int want_pos[LIST_N] = { 1, 2, 0, 1, 3 };      /* after head; 0: not checked */
+    pthread_mutex_lock(&ld.mu);
+    for (int i = 0; i < LIST_N; i++) {
+        CHECKF(ld.calls[i] == 1, "%s: request %d answered %d times", b->name, i, ld.calls[i]);
+        CHECKF(reqs[i].status == want_status[i], "%s: request %d status %d", b->name, i,
+               reqs[i].status);
+        CHECKF(want_pos[i] == 0 || reqs[i].out.position == head + want_pos[i],
+               "%s: request %d at %lld, want %lld", b->name, i, (long long)reqs[i].out.position,
+               (long long)(head + want_pos[i]));
+        commit_req_fini(&reqs[i]);
+    }
+    pthread_mutex_unlock(&ld.mu);
+
+    /* stopped: the whole list is refused at once, each request once */
+    committer_stop(c);
+    memset(ld.calls, 0, sizeof(ld.calls));
+    ld.total = 0;
+    for (int i = 0; i < 2; i++) {
+        reqs[i].ev = mk(i ? "impresion:late-1" : "impresion:late-0", EVSTORE_NO_STREAM, "{}");
+        reqs[i].status = -1;
+        reqs[i].next = i == 0 ? &reqs[1] : NULL;
+    }
+    committer_submit_list(c, &reqs[0]);
+    CHECK(ld.total == 2 && ld.calls[0] == 1 && ld.calls[1] == 1);
+    CHECK(reqs[0].status == ERR_STATE && reqs[1].status == ERR_STATE);
+    CHECK(committer_head(c) == head + 3);
+    committer_free(c);
+}
+
 /* Both stores refuse UPDATE and DELETE, even from someone with a shell. */
 #include <sqlite3.h>
 static void sqlite_append_only(const char *spec)
@@ -396,6 +483,7 @@ int main(void)
         } else if (ready == 0) {
             printf("contract: %s in %s\n", b->name, dir);
             contract(b);
+            committer_list(b);
             if (strcmp(b->name, "sqlite") == 0) {
                 sqlite_append_only(b->spec);
                 sqlite_wal_bounded();
