@@ -23,7 +23,7 @@
  *    until the commit's completion has set ST_READY and woken the loop.
  *    Suspending cost two epoll_ctl calls a request (MHD removes the socket
  *    from its epoll set and adds it back); parked, impression POSTs went
- *    +10-16 %. The loop sleeps while only parked commands are waiting (a
+ *    +8 % on average (+1 to +16 % in eight pairs). The loop sleeps while only parked commands are waiting (a
  *    pass that did nothing we can see), so parking never spins.
  *  - MHD_stop_daemon() must not run while connections are suspended (only
  *    queries waiting for a position still are): the service drains

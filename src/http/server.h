@@ -33,7 +33,9 @@ struct http_deps {
      * takes no commands (404). */
     void (*submit)(void *arg, struct commit_req *r, bool ts_defaulted);
     /* Optional, with the same submit_arg: a list of commands linked through
-     * ->next, submitted together (each loop gathers a pass's commands). */
+     * ->next, submitted together (each loop gathers a pass's commands).
+     * Only for a submitter that ignores ts_defaulted (a store: it has the
+     * first event to compare a retry with). */
     void (*submit_list)(void *arg, struct commit_req *head);
     void *submit_arg;
     struct committer *committer;    /* store metrics; NULL without a local committer */
