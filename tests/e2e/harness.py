@@ -80,6 +80,14 @@ KIND_STREAM = {"imp": "impresion:", "conv": "conversion:"}
 KIND_TYPE = {"imp": "ImpresionRegistrada", "conv": "ConversionRegistrada"}
 
 
+def post_bytes(body, kind="imp"):
+    """A whole POST of body (a dict, sent as JSON) as bytes, for tests that
+    write to sockets themselves."""
+    data = json.dumps(body).encode()
+    return (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (KIND_PATH[kind].encode(), len(data), data))
+
+
 def enc(segment):
     """Percent-encodes one path segment (every reserved byte, '/' included)."""
     return urllib.parse.quote(segment, safe="")

@@ -5,7 +5,6 @@ concurrent commands, and --help/--version.
 """
 
 import http.client
-import json
 import os
 import random
 import re
@@ -25,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (CAMPANAS, EVENT_KEYS, K_CAMPANA, KIND_QUERY,  # noqa: E402
                      KIND_STREAM, KIND_TYPE, UUID_RE, Server, ServerTestCase, enc, events,
-                     free_port, json_decimal, metric, rastro, wait_for, with_params)
+                     free_port, json_decimal, metric, post_bytes, rastro, wait_for,
+                     with_params)
 
 Q = "/tracking/queries"
 
@@ -613,10 +613,6 @@ class SigtermTest(LifecycleCase):
         data = self.new_data_dir()
         srv = self.start_server(data)
         self.post_ok(srv, "imp", {"id": "gone-0", K_CAMPANA: "gone"})
-        body = json.dumps({"id": "gone-1", K_CAMPANA: "gone"}).encode()
-        req = (b"POST /tracking/impresiones HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-               % (len(body), body))
         second = {}
 
         def post_second():
@@ -627,7 +623,7 @@ class SigtermTest(LifecycleCase):
         try:
             lock.execute("BEGIN IMMEDIATE")     # the committer now waits for the store
             sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-            sock.sendall(req)
+            sock.sendall(post_bytes({"id": "gone-1", K_CAMPANA: "gone"}))
             time.sleep(0.3)
             # the answer cannot have come: the store is held
             sock.setblocking(False)

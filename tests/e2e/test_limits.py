@@ -7,7 +7,6 @@ clients sending at the same moment are all answered at once (libmicrohttpd's
 own loop stalled them until the idle timeout).
 """
 
-import json
 import os
 import resource
 import select
@@ -19,7 +18,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, Server, events, http_request  # noqa: E402
+from harness import K_CAMPANA, Server, events, http_request, post_bytes  # noqa: E402
 
 IDLE = 3000
 
@@ -171,11 +170,8 @@ class BurstTest(unittest.TestCase):
         try:
             for rnd in range(self.ROUNDS):
                 for s in socks:
-                    body = json.dumps({K_CAMPANA: "burst", "influencer_id": "b",
-                                       "id": str(uuid.uuid4())}).encode()
-                    s.sendall(b"POST /tracking/impresiones HTTP/1.1\r\nHost: x\r\n"
-                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                              % (len(body), body))
+                    s.sendall(post_bytes({K_CAMPANA: "burst", "influencer_id": "b",
+                                          "id": str(uuid.uuid4())}))
                 t0 = time.monotonic()
                 done = read_answers(socks, t0 + self.WITHIN)
                 self.assertEqual(len(done), clients,
