@@ -223,7 +223,8 @@ static void wal_restart(struct sqlite_store *s)
     }
     if (frames >= 4 * RESTART_FRAMES && log_due(&s->wal_warned_us, 60000000)) {
         log_warn("the store's WAL is not starting over: something has been reading the store "
-                 "since before its last restart (a long query, `rastro events`, a backup?)",
+                 "since before its last restart (a long query, `rastro events`, a backup?), "
+                 "or appends outrun the checkpoints (a bulk load)",
                  "path=%s wal_mib=%d", s->path, frames / 256);
     }
     if (atomic_exchange(&s->ckpt_tail, false)) {
