@@ -49,7 +49,12 @@ rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 rows=()
 # label, requests/s (or empty), p99 ms, notes; ratios are added at the end
 row() { rows+=("$1"$'\x1f'"$2"$'\x1f'"$3"$'\x1f'"$4"); }
-ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+ratio() { python3 -c "print('%.3f' % ($1 / $2))"; }
+# "nginx beside it": the row against the higher of the nginx runs right
+# before and right after it
+beside() { # rps before after
+    python3 -c "b = max($2, $3); print('nginx beside it %d before, %d after: %.3f' % ($2, $3, $1 / b))"
+}
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t1 -c$CONNS -d${SECS}s; rastro serve --threads $HTTP_THREADS" >&2
 
@@ -85,21 +90,32 @@ start_rastro "$data" "$port" --threads "$HTTP_THREADS"
 url=http://127.0.0.1:$port
 r=$(wrk_row "$url" get.lua RASTRO_GET=health)
 row "1b. rastro GET /tracking/health (libmicrohttpd ceiling)" "$(field rps "$r")" "$(field p99_ms "$r")" ""
+# Rows 2-4 are also compared with nginx run right before and right after
+# each (the higher of the two): row 1's first and last runs are minutes
+# apart, and this machine's ceiling moves 20 % within one invocation.
+nb=$(field rps "$(nginx_row)")
 r=$(wrk_row "$url" post.lua)
 post_rps=$(field rps "$r")
-row "2. POST impresiones (durable)" "$post_rps" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
+na=$(field rps "$(nginx_row)")
+row "2. POST impresiones (durable)" "$post_rps" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r"); $(beside "$post_rps" "$nb" "$na")"
+nb=$na
+r=$(wrk_row "$url" post.lua RASTRO_KIND=conversiones)
+na=$(field rps "$(nginx_row)")
+row "3. POST conversiones (durable)" "$(field rps "$r")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r"); $(beside "$(field rps "$r")" "$nb" "$na")"
+nb=$na
+"$BIN" events --data "$data" --type ImpresionRegistrada --limit 50000 |
+    python3 -c 'import sys, json; [print(json.loads(l)["data"]["id"]) for l in sys.stdin]' >"$work/ids"
+r=$(wrk_row "$url" get.lua RASTRO_GET=stats)
+na=$(field rps "$(nginx_row)")
+row "4a. GET campañas/{id}/estadisticas" "$(field rps "$r")" "$(field p99_ms "$r")" "$(beside "$(field rps "$r")" "$nb" "$na")"
+nb=$na
+r=$(wrk_row "$url" get.lua RASTRO_GET=byid RASTRO_IDS="$work/ids")
+na=$(field rps "$(nginx_row)")
+row "4b. GET impresiones/{id}" "$(field rps "$r")" "$(field p99_ms "$r")" "non-2xx $(field non2xx "$r"); $(beside "$(field rps "$r")" "$nb" "$na")"
 for c in 1 8; do     # group commit: throughput grows with concurrency
     r=$(C=$c wrk_row "$url" post.lua)
     row "2b. POST impresiones, $c connection(s)" "$(field rps "$r")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms"
 done
-r=$(wrk_row "$url" post.lua RASTRO_KIND=conversiones)
-row "3. POST conversiones (durable)" "$(field rps "$r")" "$(field p99_ms "$r")" "p50 $(field p50_ms "$r") ms, p99.9 $(field p999_ms "$r") ms, non-2xx $(field non2xx "$r")"
-"$BIN" events --data "$data" --type ImpresionRegistrada --limit 50000 |
-    python3 -c 'import sys, json; [print(json.loads(l)["data"]["id"]) for l in sys.stdin]' >"$work/ids"
-r=$(wrk_row "$url" get.lua RASTRO_GET=stats)
-row "4a. GET campañas/{id}/estadisticas" "$(field rps "$r")" "$(field p99_ms "$r")" ""
-r=$(wrk_row "$url" get.lua RASTRO_GET=byid RASTRO_IDS="$work/ids")
-row "4b. GET impresiones/{id}" "$(field rps "$r")" "$(field p99_ms "$r")" "non-2xx $(field non2xx "$r")"
 r=$(wrk_row "$url" mix.lua)
 row "5. 90% GET / 10% POST" "$(field rps "$r")" "$(field p99_ms "$r")" ""
 # 6. lag at half the row-2 rate: each connection waits between requests
