@@ -37,12 +37,12 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/hash.h"
 #include "core/log.h"
 #include "core/timeutil.h"
+#include "core/writeout.h"
 #include "core/xmalloc.h"
 #include "index/idindex.h"
 
@@ -436,16 +436,9 @@ static int settle(struct lsmidx *ix, struct err *e)
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
         return err_set(e, ERR_IO, "index %s: checkpoint: %s", ix->path, sql_err(ix->wdb));
     }
-    struct stat st;
-    if (fstat(ix->db_fd, &st) == 0) {
-        for (off_t off = 0; off < st.st_size; off += SETTLE_STEP) {
-            (void)sync_file_range(ix->db_fd, off, SETTLE_STEP,
-                                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                      SYNC_FILE_RANGE_WAIT_AFTER);
-        }
-    }
-    if (fdatasync(ix->db_fd) != 0) {
-        return err_set(e, ERR_IO, "index %s: syncing it: %s", ix->path, strerror(errno));
+    int err = file_write_out(ix->db_fd, SETTLE_STEP);
+    if (err != 0) {
+        return err_set(e, ERR_IO, "index %s: writing it out: %s", ix->path, strerror(err));
     }
     return ERR_OK;
 }
