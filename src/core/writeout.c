@@ -5,8 +5,33 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+int file_open_with_wal(const char *path, int *db_fd, int *wal_fd)
+{
+    char wal[4200];
+    int n = snprintf(wal, sizeof(wal), "%s-wal", path);
+    if (n < 0 || (size_t)n >= sizeof(wal)) {
+        *db_fd = *wal_fd = -1;
+        return ENAMETOOLONG;
+    }
+    *db_fd = open(path, O_RDWR | O_CLOEXEC);
+    *wal_fd = open(wal, O_RDWR | O_CLOEXEC);
+    if (*db_fd >= 0 && *wal_fd >= 0) {
+        return 0;
+    }
+    int err = errno;
+    if (*db_fd >= 0) {
+        close(*db_fd);
+    }
+    if (*wal_fd >= 0) {
+        close(*wal_fd);
+    }
+    *db_fd = *wal_fd = -1;
+    return err;
+}
 
 int file_write_out(int fd, size_t step)
 {

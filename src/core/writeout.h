@@ -13,6 +13,10 @@
 
 #include <stddef.h>
 
+/* Opens a SQLite file in WAL mode and its WAL (path + "-wal") for
+ * file_write_out(): 0 with both set, or the errno with both -1. */
+int file_open_with_wal(const char *path, int *db_fd, int *wal_fd);
+
 /* Writes fd's dirty pages out step bytes of the file at a time, then
  * fdatasync(fd). 0, or the errno of what failed. */
 int file_write_out(int fd, size_t step);

@@ -957,18 +957,14 @@ static int load(struct lsmidx *ix, struct err *e)
     return rc;
 }
 
-
 /* Live: the file's and its WAL's descriptors for settle(); whatever the
  * WAL holds from before (a process that stopped between a commit and its
  * settle) is checkpointed the same way now. */
 static int open_fds(struct lsmidx *ix, struct err *e)
 {
-    char p[4200];
-    snprintf(p, sizeof(p), "%s-wal", ix->path);
-    ix->db_fd = open(ix->path, O_RDWR | O_CLOEXEC);
-    ix->wal_fd = open(p, O_RDWR | O_CLOEXEC);
-    if (ix->db_fd < 0 || ix->wal_fd < 0) {
-        return err_set(e, ERR_IO, "index %s: opening it: %s", ix->path, strerror(errno));
+    int err = file_open_with_wal(ix->path, &ix->db_fd, &ix->wal_fd);
+    if (err != 0) {
+        return err_set(e, ERR_IO, "index %s: opening it: %s", ix->path, strerror(err));
     }
     settle_or_give_up(ix);
     return ERR_OK;

@@ -5,7 +5,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -904,20 +903,9 @@ static void checkpoint(struct readmodel *rm)
  * checkpointed the same way now. */
 static int open_fds(struct readmodel *rm, struct err *e)
 {
-    char p[4200];
-    snprintf(p, sizeof(p), "%s-wal", rm->path);
-    rm->db_fd = open(rm->path, O_RDWR | O_CLOEXEC);
-    rm->wal_fd = open(p, O_RDWR | O_CLOEXEC);
-    if (rm->db_fd < 0 || rm->wal_fd < 0) {
-        int rc = err_set(e, ERR_IO, "opening %s: %s", rm->path, strerror(errno));
-        if (rm->db_fd >= 0) {
-            close(rm->db_fd);
-        }
-        if (rm->wal_fd >= 0) {
-            close(rm->wal_fd);
-        }
-        rm->wal_fd = rm->db_fd = -1;
-        return rc;
+    int err = file_open_with_wal(rm->path, &rm->db_fd, &rm->wal_fd);
+    if (err != 0) {
+        return err_set(e, ERR_IO, "opening %s: %s", rm->path, strerror(err));
     }
     checkpoint(rm);
     return ERR_OK;
