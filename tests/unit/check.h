@@ -28,5 +28,7 @@ extern int check_count;
 
 void check_at(int ok, const char *expr, const char *file, int line, const char *msg);
 int check_done(const char *suite);
+/* Copies a file byte for byte (a failed check if it cannot). */
+void check_copy_file(const char *from, const char *to);
 
 #endif

@@ -5,7 +5,6 @@
  * reset.
  */
 #include <pthread.h>
-#include <stdio.h>
 #include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -375,18 +374,7 @@ static int64_t entries_in_main_file(const char *path, const char *dir)
 {
     char copy[400];
     snprintf(copy, sizeof(copy), "%s/copy.idx", dir);
-    FILE *in = fopen(path, "rb"), *out = fopen(copy, "wb");
-    char buf[65536];
-    size_t n;
-    while (in != NULL && out != NULL && (n = fread(buf, 1, sizeof(buf), in)) > 0) {
-        fwrite(buf, 1, n, out);
-    }
-    if (in != NULL) {
-        fclose(in);
-    }
-    if (out != NULL) {
-        fclose(out);
-    }
+    check_copy_file(path, copy);
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
     int64_t got = -1;

@@ -864,23 +864,6 @@ static void crash_copy(const char *path, const char *dir, const char *name, char
     sqlite3_close(db);
 }
 
-static void copy_file(const char *from, const char *to)
-{
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    char buf[65536];
-    size_t n;
-    while (in != NULL && out != NULL && (n = fread(buf, 1, sizeof(buf), in)) > 0) {
-        CHECK(fwrite(buf, 1, n, out) == n);
-    }
-    CHECKF(in != NULL && out != NULL, "copy %s -> %s", from, to);
-    if (in != NULL) {
-        fclose(in);
-    }
-    if (out != NULL) {
-        fclose(out);
-    }
-}
-
 /* The live writer checkpoints its WAL itself (readmodel.c, checkpoint()),
  * also at open for what a stopped process left in it: a folder as a crash
  * leaves it (the main file and its WAL, copied while the writer is open),
@@ -903,16 +886,16 @@ static void test_written_out_at_open(const char *dir)
     CHECK(rm_stats_add(rm, SCOPE_CAMPANA, "c", 1, 0, 1, NULL, 0, &e) == ERR_OK);
     CHECK(rm_commit(rm, &e) == ERR_OK);
     snprintf(to, sizeof(to), "%s/readmodels.db", b);
-    copy_file(from, to);
+    check_copy_file(from, to);
     snprintf(from, sizeof(from), "%s/readmodels.db-wal", a);
     snprintf(to, sizeof(to), "%s/readmodels.db-wal", b);
-    copy_file(from, to);
+    check_copy_file(from, to);
     readmodel_close(rm);
     snprintf(from, sizeof(from), "%s/readmodels.db", b);
     struct readmodel *crashed = NULL;
     CHECKF(readmodel_open(from, RM_WRITER, NULL, &crashed, &e) == ERR_OK, "%s", e.msg);
     snprintf(to, sizeof(to), "%s/readmodels.db", c);
-    copy_file(from, to);                    /* the main file alone, while it is open */
+    check_copy_file(from, to);      /* the main file alone, while it is open */
     CHECKF(count_rows(to, "stats_pending") == 1, "main file without its WAL: %d rows",
            count_rows(to, "stats_pending"));
     readmodel_close(crashed);
