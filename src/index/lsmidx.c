@@ -42,9 +42,9 @@
 #include "core/hash.h"
 #include "core/log.h"
 #include "core/timeutil.h"
-#include "core/writeout.h"
 #include "core/xmalloc.h"
 #include "index/idindex.h"
+#include "index/walpace.h"
 
 #define DEFAULT_MEMTABLE (256u * 1024)
 #define FANOUT 4
@@ -56,7 +56,7 @@
 #define ENTRY_BYTES 16
 #define BLOCK_BYTES (BLOCK_ENTRIES * ENTRY_BYTES)
 #define FORMAT 2
-/* live files' write-out (settle()): the WAL kicked every this many blocks
+/* live files' write-out (walpace.h): the WAL kicked every this many blocks
  * written (512 KiB), the file written out this much at a time */
 #define TRICKLE_BLOCKS 128
 #define SETTLE_STEP (512 * 1024)
@@ -92,9 +92,7 @@ struct lsmidx {
     bool clean;                     /* every add so far is committed by the owner */
     bool no_bloom;                  /* range-only index: filters would never be asked */
     bool bulk;                      /* LSMIDX_BULK */
-    /* live: our own descriptors of the file and its WAL, to write them out
-     * at a pace (settle()); -1 in a rebuild */
-    int wal_fd, db_fd;
+    struct walpace pace;            /* live: checkpoints at a pace; off in a rebuild */
     unsigned trickle;               /* blocks written since the WAL was last kicked */
     int64_t flushes, merges;
     int64_t file_finds;             /* lookups a filter sent to the file */
@@ -319,11 +317,10 @@ static int bw_flush(struct block_writer *w, struct err *e)
     }
     sqlite3_reset(w->ins);
     w->n = 0;
-    if (rc == ERR_OK && w->ix->wal_fd >= 0 && ++w->ix->trickle % TRICKLE_BLOCKS == 0) {
+    if (rc == ERR_OK && ++w->ix->trickle % TRICKLE_BLOCKS == 0) {
         /* what SQLite has spilled into the WAL so far goes to the disk now,
          * once the last such write is done, not all at the commit */
-        (void)sync_file_range(w->ix->wal_fd, 0, 0,
-                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE);
+        walpace_kick(&w->ix->pace, true);
     }
     return rc;
 }
@@ -411,57 +408,14 @@ static int insert_run_row(sqlite3 *db, const struct run *r, struct err *e, const
 }
 
 /*
- * Live index files are written out at a pace. A merge writes megabytes in
- * one transaction (four 256K-entry runs: 16 MiB of blocks), and SQLite's
- * own checkpoint then hands the disk the WAL and the copy of it each in
- * one fsync: the store's commits, whose WAL write and flush queue behind
- * those, took 10-22 ms at the end of each merge (the twelfth session;
- * 0.1-0.3 ms otherwise). So the WAL is kicked out as the transaction
- * spills it (bw_flush), and after each commit this thread checkpoints
- * itself: the WAL synced (already written out: the sync is a flush), the
- * frames copied into the file with SQLite's syncs off, the file written
- * out a few hundred KiB at a time, each waiting for the one before, then
- * synced. This connection is the file's only writer, so nothing restarts
- * the WAL over frames whose copy is not yet on the disk.
+ * Live index files are checkpointed at a pace (walpace.h): a merge writes
+ * megabytes in one transaction (four 256K-entry runs: 16 MiB of blocks),
+ * and SQLite's own checkpoint of it held the store's commits up for 10-22
+ * ms (0.1-0.3 ms otherwise). The WAL is kicked out as the transaction
+ * spills it (bw_flush), and this thread checkpoints after each commit.
+ * After a failure SQLite checkpoints the file itself again.
  */
-static int settle(struct lsmidx *ix, struct err *e)
-{
-    if (ix->wal_fd < 0) {
-        return ERR_OK;
-    }
-    if (fdatasync(ix->wal_fd) != 0) {
-        return err_set(e, ERR_IO, "index %s: syncing its WAL: %s", ix->path, strerror(errno));
-    }
-    int rc = sqlite3_wal_checkpoint_v2(ix->wdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-        return err_set(e, ERR_IO, "index %s: checkpoint: %s", ix->path, sql_err(ix->wdb));
-    }
-    int err = file_write_out(ix->db_fd, SETTLE_STEP);
-    if (err != 0) {
-        return err_set(e, ERR_IO, "index %s: writing it out: %s", ix->path, strerror(err));
-    }
-    return ERR_OK;
-}
-
-/* After a commit. A failed write-out (a failing or read-only disk) leaves
- * the file to SQLite's own checkpoints and syncs from then on: settle()'s
- * order is what makes its unsynced copy safe, and after an error it cannot
- * tell what reached the disk. */
-static void settle_or_give_up(struct lsmidx *ix)
-{
-    struct err e;
-    err_clear(&e);
-    if (settle(ix, &e) == ERR_OK) {
-        return;
-    }
-    log_warn("index write-out failed; SQLite syncs this index itself from now on",
-             "path=%s err=\"%s\"", ix->path, e.msg);
-    sqlite3_exec(ix->wdb, "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=1000", NULL, NULL,
-                 NULL);
-    close(ix->wal_fd);
-    close(ix->db_fd);
-    ix->wal_fd = ix->db_fd = -1;
-}
+#define HAND_BACK "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=1000"
 
 /* Ends a run's transaction: records the run and commits, or rolls back
  * and drops the run's filter. Returns rc, or the commit's error. */
@@ -473,7 +427,8 @@ static int finish_run(struct lsmidx *ix, struct run *r, int rc, struct err *e)
     if (rc == ERR_OK) {
         rc = exec(ix->wdb, "COMMIT", ix->path, e);
         if (rc == ERR_OK) {
-            settle_or_give_up(ix);     /* the run is in the file either way */
+            /* the run is in the file either way */
+            (void)walpace_checkpoint(&ix->pace, ix->wdb);
         }
     }
     if (rc != ERR_OK) {
@@ -957,19 +912,6 @@ static int load(struct lsmidx *ix, struct err *e)
     return rc;
 }
 
-/* Live: the file's and its WAL's descriptors for settle(); whatever the
- * WAL holds from before (a process that stopped between a commit and its
- * settle) is checkpointed the same way now. */
-static int open_fds(struct lsmidx *ix, struct err *e)
-{
-    int err = file_open_with_wal(ix->path, &ix->db_fd, &ix->wal_fd);
-    if (err != 0) {
-        return err_set(e, ERR_IO, "index %s: opening it: %s", ix->path, strerror(err));
-    }
-    settle_or_give_up(ix);
-    return ERR_OK;
-}
-
 int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx **out,
                 struct err *e)
 {
@@ -978,7 +920,7 @@ int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx 
     ix->bulk = (flags & LSMIDX_BULK) != 0;
     ix->path = xstrdup(path);
     ix->memtable_max = memtable_max ? memtable_max : DEFAULT_MEMTABLE;
-    ix->wal_fd = ix->db_fd = -1;
+    walpace_init(&ix->pace, ix->path, SETTLE_STEP, HAND_BACK);
     pthread_mutex_init(&ix->mu, NULL);
     pthread_cond_init(&ix->cv, NULL);
     ix->active = idindex_new(ix->memtable_max);
@@ -998,7 +940,7 @@ int lsmidx_open(const char *path, size_t memtable_max, int flags, struct lsmidx 
         rc = exec(ix->wdb, schema, path, e);
     }
     if (rc == ERR_OK && !ix->bulk) {
-        rc = open_fds(ix, e);
+        rc = walpace_open(&ix->pace, ix->wdb, e);
     }
     if (rc == ERR_OK) {
         rc = load(ix, e);
@@ -1029,16 +971,8 @@ void lsmidx_close(struct lsmidx *ix)
         pthread_cond_broadcast(&ix->cv);
         pthread_mutex_unlock(&ix->mu);
         pthread_join(ix->thread, NULL);
-        /* the last connection's close checkpoints and deletes the WAL:
-         * with SQLite's syncs back on, so the copy is on the disk first */
-        sqlite3_exec(ix->wdb, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+        walpace_close(&ix->pace, ix->wdb);
         sqlite3_close(ix->wdb);
-    }
-    if (ix->wal_fd >= 0) {
-        close(ix->wal_fd);
-    }
-    if (ix->db_fd >= 0) {
-        close(ix->db_fd);
     }
     for (size_t i = 0; i < ix->nruns; i++) {
         free(ix->runs[i].bl.w);

@@ -4,7 +4,6 @@
 #include "read/readmodel.h"
 
 #include <dirent.h>
-#include <errno.h>
 #include <libgen.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -17,14 +16,16 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/uuid.h"
-#include "core/writeout.h"
 #include "index/lsmidx.h"
 #include "index/sqlerr.h"
+#include "index/walpace.h"
 #include "read/money.h"
 #include "read/statsdelta.h"
 #include "core/timeutil.h"
 #include "core/xmalloc.h"
-#include "core/writeout.h"
+
+/* the read models' file written out this much at a time (walpace.h) */
+#define WRITE_OUT_STEP (2 * 1024 * 1024)
 
 #define K_CAMPANA "campa\xc3\xb1" "a_id"
 
@@ -185,12 +186,8 @@ struct readmodel {
     size_t fold_n, fold_i, slice_end;
     bool slicing;
     int64_t fold_seq;           /* the last stats_pending row the fold covers */
-    /* live writer: our own descriptors of the file and its WAL, to write
-     * them out at a pace (checkpoint()); -1 otherwise */
-    int wal_fd, db_fd;
+    struct walpace pace;        /* live writer: checkpoints at a pace; off otherwise */
 };
-
-static int open_fds(struct readmodel *rm, struct err *e);
 
 static int db_err(struct readmodel *rm, struct err *e, const char *what)
 {
@@ -256,13 +253,7 @@ void readmodel_close(struct readmodel *rm)
     if (rm->owns_ix) {
         index_close(rm->ix);
     }
-    if (rm->wal_fd >= 0) {
-        /* the last connection's close checkpoints and deletes the WAL:
-         * with SQLite's syncs back on, so the copy is on the disk first */
-        sqlite3_exec(rm->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-        close(rm->wal_fd);
-        close(rm->db_fd);
-    }
+    walpace_close(&rm->pace, rm->db);
     sqlite3_close(rm->db);
     free(rm->pend_ids.v);
     free(rm->pend_lists.v);
@@ -673,8 +664,8 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
                    struct err *e)
 {
     struct readmodel *rm = xcalloc(1, sizeof(*rm));
-    rm->wal_fd = rm->db_fd = -1;
     rm->path = xstrdup(path);
+    walpace_init(&rm->pace, rm->path, WRITE_OUT_STEP, "PRAGMA synchronous=NORMAL");
     rm->mode = mode;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
     if (mode == RM_WRITER || mode == RM_BULK) {
@@ -692,8 +683,8 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
     if (mode == RM_WRITER || mode == RM_BULK) {
         /* Bulk (rebuild into a fresh file that is discarded on failure):
          * no journal, no fsync until the end. Live: WAL, synced at
-         * checkpoints, by checkpoint() rather than SQLite (every
-         * CHECKPOINT_FRAMES); the checkpoint row makes any crash safe. */
+         * checkpoints, at a pace (walpace.h, every CHECKPOINT_FRAMES);
+         * the checkpoint row makes any crash safe. */
         rc = exec(rm, mode == RM_BULK ? "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                                         " PRAGMA cache_size=-16384"
                                       : "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;"
@@ -735,7 +726,7 @@ int readmodel_open(const char *path, int mode, struct rm_index *ix, struct readm
         }
         if (rc == ERR_OK && mode == RM_WRITER) {
             sqlite3_wal_hook(rm->db, on_wal, rm);   /* instead of the autocheckpoint */
-            rc = open_fds(rm, e);
+            rc = walpace_open(&rm->pace, rm->db, e);
         }
         if (rc == ERR_OK && mode == RM_WRITER) {
             rc = load_pending(rm, e);
@@ -857,58 +848,17 @@ static int on_wal(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
-/*
- * The live writer checkpoints at a pace. SQLite's checkpoint of 8 MiB of
- * WAL hands the disk the WAL and then the copied pages each in one fsync,
- * and the event store's commits that queue behind them took 3-7 ms (most
- * of the store's slow commits fell inside one: the twelfth session). Here
- * the WAL is started on its way to the disk after every commit, and at a
- * checkpoint it is synced (a flush by then), its frames copied with
- * SQLite's syncs off, and the file written out a range at a time, then
- * synced. This connection is the file's only writer, so nothing restarts
- * the WAL before the copy is on the disk. A failure hands the file back to
- * SQLite's own syncs.
- */
-#define WRITE_OUT_STEP (2 * 1024 * 1024)
-
+/* The live writer checkpoints at a pace (walpace.h): most of the event
+ * store's slow commits (3-7 ms) fell inside SQLite's own checkpoint of
+ * 8 MiB of read-model WAL. After a failure (and in a bulk file, which
+ * never checkpoints), SQLite's checkpoint with its own syncs. */
 static void checkpoint(struct readmodel *rm)
 {
-    if (rm->wal_fd < 0) {
+    if (walpace_on(&rm->pace)) {
+        (void)walpace_checkpoint(&rm->pace, rm->db);
+    } else {
         sqlite3_wal_checkpoint_v2(rm->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        return;
     }
-    const char *what = "syncing the WAL";
-    int err = fdatasync(rm->wal_fd) == 0 ? 0 : errno;
-    if (err == 0) {
-        int rc = sqlite3_wal_checkpoint_v2(rm->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        what = "checkpoint";
-        err = rc == SQLITE_OK || rc == SQLITE_BUSY ? 0 : EIO;
-    }
-    if (err == 0) {
-        what = "writing the file out";
-        err = file_write_out(rm->db_fd, WRITE_OUT_STEP);
-    }
-    if (err == 0) {
-        return;
-    }
-    log_warn("read models' write-out failed; SQLite syncs them itself from now on",
-             "path=%s step=\"%s\" err=\"%s\"", rm->path, what, strerror(err));
-    sqlite3_exec(rm->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-    close(rm->wal_fd);
-    close(rm->db_fd);
-    rm->wal_fd = rm->db_fd = -1;
-}
-
-/* The live writer's descriptors; what the WAL holds from before is
- * checkpointed the same way now. */
-static int open_fds(struct readmodel *rm, struct err *e)
-{
-    int err = file_open_with_wal(rm->path, &rm->db_fd, &rm->wal_fd);
-    if (err != 0) {
-        return err_set(e, ERR_IO, "opening %s: %s", rm->path, strerror(err));
-    }
-    checkpoint(rm);
-    return ERR_OK;
 }
 
 /* COMMIT, and the maps in memory brought to what was committed, under
@@ -946,8 +896,8 @@ static int commit_stats(struct readmodel *rm, struct err *e)
     rm->slicing = false;
     rm->batch_seq = 0;
     buf_reset(&rm->batch_stats);
-    if (rc == ERR_OK && rm->wal_fd >= 0) {
-        file_write_start(rm->wal_fd);   /* the batch's frames: to the disk now, not at the checkpoint */
+    if (rc == ERR_OK) {
+        walpace_kick(&rm->pace, false);     /* the batch's frames: to the disk now */
     }
     if (rc == ERR_OK && rm->wal_frames >= CHECKPOINT_FRAMES) {
         checkpoint(rm);

@@ -391,7 +391,7 @@ static int64_t entries_in_main_file(const char *path, const char *dir)
 }
 
 /* A server's index writes its runs out itself after each flush and merge
- * (lsmidx.c, settle()): the main file holds them without the WAL, small
+ * (walpace.h): the main file holds them without the WAL, small
  * runs included (SQLite's own checkpoint waited for 1,000 pages). */
 static void test_written_out(const char *dir)
 {

@@ -864,7 +864,7 @@ static void crash_copy(const char *path, const char *dir, const char *name, char
     sqlite3_close(db);
 }
 
-/* The live writer checkpoints its WAL itself (readmodel.c, checkpoint()),
+/* The live writer checkpoints its WAL itself (walpace.h),
  * also at open for what a stopped process left in it: a folder as a crash
  * leaves it (the main file and its WAL, copied while the writer is open),
  * opened by a writer, holds the batch in the main file alone. */
