@@ -235,6 +235,7 @@ int service_serve(const struct config *cfg)
         .ready_max_lag = cfg->ready_max_lag,
         .max_connections = (unsigned)cfg->max_connections,
         .idle_timeout_s = (unsigned)cfg->idle_timeout,
+        .max_header_kib = (unsigned)cfg->max_header_kib,
         .auth = auth,
         .roles = cfg->roles_text,
         .cache = cache,

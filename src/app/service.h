@@ -31,6 +31,7 @@ struct config {
     int64_t verify_every;   /* seconds between self-checks in serve; 0 = never */
     int64_t max_connections;
     int64_t idle_timeout;   /* seconds */
+    int64_t max_header_kib; /* request line and headers; 0 = 16 */
     const char *api_key_file;   /* NULL = no keys */
     int insecure;           /* allow a non-loopback listen address without keys */
     /* events */

@@ -58,6 +58,7 @@ struct http_deps {
     unsigned max_connections;       /* 0 = 10000 */
     const struct auth *auth;        /* API keys; NULL = no authentication */
     unsigned idle_timeout_s;        /* idle or slow connections are closed; 0 = 60 */
+    unsigned max_header_kib;        /* request line + headers, KiB (larger: 431); 0 = 16 */
 };
 
 struct http_server;

@@ -2,7 +2,8 @@
 End-to-end tests of the HTTP limits: thousands of idle connections do not
 keep others out, idle connections are closed after --idle-timeout, an
 oversized URL or header block and malformed requests get a 4xx (never a
-crash or a hang), and the server still answers afterwards; 128 or 256
+crash or a hang), and the server still answers afterwards; --max-header-kib
+sets where a header block becomes too big (431); 128 or 256
 clients sending at the same moment are all answered at once (libmicrohttpd's
 own loop stalled them until the idle timeout).
 """
@@ -18,7 +19,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import K_CAMPANA, Server, events, http_request, post_bytes  # noqa: E402
+from harness import K_CAMPANA, Server, events, http_request, post_bytes, rastro  # noqa: E402
 
 IDLE = 3000
 
@@ -97,6 +98,27 @@ class LimitsTest(unittest.TestCase):
         self.assertRegex(reply[:12], rb"^HTTP/1\.1 4\d\d", reply[:200])
         status, _, _, _ = http_request(self.srv.port, "GET", "/tracking/health")
         self.assertEqual(status, 200)
+
+    def test_header_limit(self):
+        """16 KiB of request line and headers by default, --max-header-kib
+        sets it; past the limit the answer is 431, and a bad value is
+        refused at start naming the option."""
+        def with_pad(n):
+            return b"GET /tracking/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * n + b"\r\n\r\n"
+        self.assertRegex(raw(self.srv.port, with_pad(12 * 1024))[:12], rb"^HTTP/1\.1 200")
+        self.assertRegex(raw(self.srv.port, with_pad(20 * 1024))[:12], rb"^HTTP/1\.1 431")
+        small = Server(extra_args=["--max-header-kib", "8"]).start()
+        try:
+            self.assertRegex(raw(small.port, with_pad(6 * 1024))[:12], rb"^HTTP/1\.1 200")
+            self.assertRegex(raw(small.port, with_pad(12 * 1024))[:12], rb"^HTTP/1\.1 431")
+        finally:
+            self.assertEqual(small.stop(), 0)
+            small.cleanup()
+        for bad in ("2", "2048", "8k"):
+            with self.subTest(bad=bad):
+                cp = rastro("serve", "--max-header-kib", bad)
+                self.assertEqual(cp.returncode, 2, cp.stderr)
+                self.assertIn("--max-header-kib wants an integer from 4 to 1024", cp.stderr)
 
     def test_malformed_requests(self):
         for junk in (b"\x00\x01\x02 garbage\r\n\r\n",
