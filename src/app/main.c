@@ -85,7 +85,7 @@ static const char usage[] =
     "  --max-header-kib N  largest request line and headers, in KiB (4 to 1024; default 16);\n"
     "                      larger ones are answered 431 (a Cookie header counts about\n"
     "                      twice). Each connection holds a buffer this size, cleared after\n"
-    "                      every request: 8 costs less CPU a request, if clients allow\n"
+    "                      every request: 8 costs less CPU a request where clients allow\n"
     "  --verify-every S    serve: check the read models against the log every S seconds\n"
     "                      (as `rastro verify`, at low priority; 0 = never; default 86400)\n"
     "  --ready-max-lag N   /health/ready fails when projections are more than N events\n"

@@ -273,13 +273,13 @@ void http_resume(struct req *r)
     wake_loop(l);
 }
 
-/* The idle timeout every connection has (MHD_OPTION_CONNECTION_TIMEOUT). */
 /* The connection's memory pool (MHD_OPTION_CONNECTION_MEMORY_LIMIT). */
 static size_t header_bytes(const struct http_server *s)
 {
     return (size_t)(s->deps.max_header_kib ? s->deps.max_header_kib : 16u) * 1024u;
 }
 
+/* The idle timeout every connection has (MHD_OPTION_CONNECTION_TIMEOUT). */
 static unsigned idle_timeout_s(const struct http_server *s)
 {
     return s->deps.idle_timeout_s ? s->deps.idle_timeout_s : 60u;
