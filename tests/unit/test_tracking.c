@@ -1,6 +1,7 @@
 /*
  * test_tracking.c - every validation rule of the domain, one table row each.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -338,6 +339,30 @@ static void test_text_and_currency(void)
  * at its shortest; the copy encodes to the same event data and carries the
  * same flags (a field added to the struct and the JSON but not to the copy
  * fails here). */
+struct parse_job {
+    int n;
+    int bad;
+};
+
+static void *parse_many(void *arg)
+{
+    struct parse_job *j = arg;
+    for (int k = 0; k < 2000; k++) {
+        char body[256], want[64];
+        snprintf(want, sizeof(want), "camp-%d-%d", j->n, k);
+        int len = snprintf(body, sizeof(body), "{" CAMP ":\"%s\",\"usuario_id\":\"%s\"}", want,
+                           want);
+        struct tracking t;
+        struct err e;
+        err_clear(&e);
+        if (tracking_parse_command(KIND_IMPRESION, body, (size_t)len, &t, &e) != ERR_OK ||
+            strcmp(t.campana_id, want) != 0 || strcmp(t.usuario_id, want) != 0) {
+            j->bad++;
+        }
+    }
+    return NULL;
+}
+
 static void test_copy(void)
 {
     static char ua[UA_MAX + 1], ref[REF_MAX + 1], id[ID_MAX + 1];
@@ -379,6 +404,46 @@ static void test_copy(void)
     }
 }
 
+/* cJSON's nodes come from a per-thread arena while a body is parsed, and
+ * from malloc past it: a body that overflows the arena (its known fields
+ * after 1,000 unknown members) parses like a small one, and threads parsing
+ * at once each get their own values. */
+static void test_parse_arena(void)
+{
+    struct buf big;
+    buf_init(&big, 0);
+    CHECK(buf_puts(&big, "{") == ERR_OK);
+    for (int i = 0; i < 1000; i++) {
+        CHECK(buf_printf(&big, "\"extra_%d\":\"%040d\",", i, i) == ERR_OK);
+    }
+    CHECK(buf_puts(&big, "\"usuario_id\":\"u-late\"," CAMP ":\"camp-late\"}") == ERR_OK);
+    for (int round = 0; round < 3; round++) {
+        struct tracking t;
+        struct err e;
+        err_clear(&e);
+        CHECKF(tracking_parse_command(KIND_IMPRESION, big.p, big.len, &t, &e) == ERR_OK, "%s",
+               e.msg);
+        CHECK(strcmp(t.campana_id, "camp-late") == 0 && strcmp(t.usuario_id, "u-late") == 0);
+        const char *small = "{" CAMP ":\"c-small\",\"influencer_id\":\"i-small\"}";
+        CHECK(tracking_parse_command(KIND_IMPRESION, small, strlen(small), &t, &e) == ERR_OK);
+        CHECK(strcmp(t.campana_id, "c-small") == 0 && strcmp(t.influencer_id, "i-small") == 0);
+    }
+    buf_fini(&big);
+
+    pthread_t th[4];
+    struct parse_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i].n = i;
+        jobs[i].bad = 0;
+        CHECK(pthread_create(&th[i], NULL, parse_many, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECKF(jobs[i].bad == 0, "thread %d: %d of 2000 parses had another thread's values", i,
+               jobs[i].bad);
+    }
+}
+
 int main(void)
 {
     test_command_table();
@@ -389,5 +454,6 @@ int main(void)
     test_format_matches_gmtime();
     test_text_and_currency();
     test_copy();
+    test_parse_arena();
     return check_done("test_tracking");
 }
