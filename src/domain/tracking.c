@@ -8,7 +8,6 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <sanitizer/asan_interface.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
