@@ -83,6 +83,10 @@ one() { # side -> "rps p99"
     wait "$pid" 2>/dev/null || true
     pid=
     rm -rf "$d" "$d.log" "$d.ids"
+    local bad=$(( $(field non2xx "$r") + $(field errors "$r") ))
+    if [ "$bad" -gt 0 ]; then
+        echo "pairs.sh: $bad answers were not 2xx or failed; this round measures errors" >&2
+    fi
     echo "$(field rps "$r") $(field p99_ms "$r")"
 }
 
