@@ -478,9 +478,10 @@ class Server:
 
     # -- HTTP --------------------------------------------------------------
 
-    def request(self, method, path, body=None, headers=None, raw_body=None):
+    def request(self, method, path, body=None, headers=None, raw_body=None,
+                timeout=HTTP_TIMEOUT):
         return http_request(self.port, method, path, body=body, headers=headers,
-                            raw_body=raw_body)
+                            raw_body=raw_body, timeout=timeout)
 
     def post(self, kind, body=None, raw_body=None, headers=None):
         """POST to /tracking/impresiones (kind "imp") or /tracking/conversiones ("conv")."""

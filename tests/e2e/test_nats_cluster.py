@@ -53,14 +53,20 @@ class NatsClusterTest(unittest.TestCase):
             streams = [e["stream_id"] for e in events(store.data_dir)]
             self.assertEqual(len(streams), len(set(streams)), "a command stored twice")
             head = len(streams)
+            # the client waits longer than it asks the query node to: a slow
+            # catch-up is a 503 with the node's position, not a socket timeout
             status, _, js, raw = query.request(
                 "GET", "/tracking/queries/%s/%s/estadisticas?min_position=%d&wait_ms=60000"
-                % (CAMPANAS, enc("c-cl"), head))
+                % (CAMPANAS, enc("c-cl"), head), timeout=75)
             self.assertEqual(status, 200, raw)
             self.assertEqual(js["total_impresiones"], head)
             print("cluster: answers %r, %d stored" % (answers, head), file=sys.stderr)
             for p in procs:
                 p.stop()
+        except BaseException:
+            for p in procs:
+                p.dump_log("after a failure of the cluster test", tail_lines=60)
+            raise
         finally:
             for p in procs:
                 p.kill()
