@@ -25,6 +25,10 @@ void buf_init(struct buf *b, size_t cap);
 void buf_fini(struct buf *b);
 void buf_reset(struct buf *b);                 /* len = 0, keeps memory */
 int buf_append(struct buf *b, const void *p, size_t n) WARN_UNUSED;
+/* Room for extra more bytes (and the NUL) without a reallocation: a writer
+ * may then fill p[len..len+extra) itself and set len (and the NUL). The cap
+ * applies as for an append of extra bytes. */
+int buf_reserve(struct buf *b, size_t extra) WARN_UNUSED;
 int buf_puts(struct buf *b, const char *s) WARN_UNUSED;
 int buf_putc(struct buf *b, char c) WARN_UNUSED;
 int buf_printf(struct buf *b, const char *fmt, ...) PRINTF_LIKE(2, 3) WARN_UNUSED;

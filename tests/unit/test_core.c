@@ -2,7 +2,9 @@
  * test_core.c - JSON writer, idindex, UUIDv7, hash: the pieces the layers
  * above trust.
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "core/hash.h"
@@ -63,6 +65,100 @@ static void test_jsonw(void)
     CHECK(buf_puts(&capped, "9") == ERR_TOOBIG);
     CHECK(capped.len == 8);
     buf_fini(&capped);
+}
+
+/* The escaper reads eight bytes at a time: a byte-at-a-time reference
+ * (RFC 8259's rules, written out plainly) must agree with it for every
+ * byte value at every offset of a word, and a capped buffer must take
+ * exactly what fits. */
+static void ref_escape(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *two = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n"
+                        : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b"
+                        : c == '\f' ? "\\f" : NULL;
+        if (two != NULL) {
+            memcpy(out + o, two, 2);
+            o += 2;
+        } else if (c < 0x20) {
+            o += (size_t)sprintf(out + o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+}
+
+static void test_json_escape(void)
+{
+    char in[40], want[256];
+    int bad = 0;
+    /* each byte value, at offsets 0-19 of a 20-byte string of 'a' or of
+     * 0xc3 (a UTF-8 lead byte: high bytes pass through) */
+    for (int fill = 0; fill < 2; fill++) {
+        for (int c = 0; c < 256; c++) {
+            for (size_t at = 0; at < 20; at++) {
+                memset(in, fill ? 0xc3 : 'a', 20);
+                in[at] = (char)c;
+                ref_escape(in, 20, want);
+                struct buf b;
+                buf_init(&b, 0);
+                int rc = json_escape(&b, in, 20);
+                if (rc != ERR_OK || b.len != strlen(want) || strcmp(b.p, want) != 0) {
+                    CHECKF(0, "byte 0x%02x at %zu: got %s, want %s", c, at, b.p, want);
+                    bad++;
+                }
+                buf_fini(&b);
+                if (bad > 5) {
+                    return;
+                }
+            }
+        }
+    }
+    CHECK(bad == 0);
+
+    static const struct { const char *in; const char *want; } tab[] = {
+        { "", "\"\"" },
+        { "1234567", "\"1234567\"" },
+        { "12345678", "\"12345678\"" },
+        { "123456789abcdef0123", "\"123456789abcdef0123\"" },
+        { "\"\"\"\"\"\"\"\"\"", "\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\\\"\"" },
+        { "ab\\cdefgh\x1f" "ijklmnop\x7f", "\"ab\\\\cdefgh\\u001fijklmnop\x7f\"" },
+        { "caf\xc3\xa9 \xe2\x82\xac", "\"caf\xc3\xa9 \xe2\x82\xac\"" },
+        { "\x01\x02\x03\x04\x05\x06\x07\x08\x09", "\"\\u0001\\u0002\\u0003\\u0004\\u0005\\u0006"
+                                                  "\\u0007\\b\\t\"" },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(tab); i++) {
+        struct buf b;
+        buf_init(&b, 0);
+        CHECK(buf_puts(&b, "x=") == ERR_OK);    /* appends after what is there */
+        CHECK(json_escape(&b, tab[i].in, strlen(tab[i].in)) == ERR_OK);
+        CHECK_STR(b.p + 2, tab[i].want);
+        CHECK(b.len == 2 + strlen(tab[i].want));
+        buf_fini(&b);
+    }
+
+    /* capped: the output fits to the byte, or the call fails */
+    static const char *cap_in[] = { "abcdefghij", "a\"b", "x\x01y", "0123456789\n" };
+    for (size_t i = 0; i < ARRAY_LEN(cap_in); i++) {
+        ref_escape(cap_in[i], strlen(cap_in[i]), want);
+        size_t need = strlen(want);
+        struct buf fits, short1;
+        buf_init(&fits, need);
+        buf_init(&short1, need - 1);
+        CHECKF(json_escape(&fits, cap_in[i], strlen(cap_in[i])) == ERR_OK, "cap %zu", need);
+        CHECK_STR(fits.p, want);
+        CHECKF(json_escape(&short1, cap_in[i], strlen(cap_in[i])) == ERR_TOOBIG, "cap %zu",
+               need - 1);
+        CHECK(short1.len <= need - 1);
+        CHECK(short1.p == NULL || strlen(short1.p) == short1.len);
+        buf_fini(&fits);
+        buf_fini(&short1);
+    }
 }
 
 static void test_idindex(void)
@@ -153,6 +249,7 @@ static void test_hash(void)
 int main(void)
 {
     test_jsonw();
+    test_json_escape();
     test_idindex();
     test_uuid();
     test_hash();
