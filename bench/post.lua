@@ -1,7 +1,7 @@
 -- wrk script: POST /tracking/impresiones with a realistic body, a random
 -- UUIDv4 client id, one of 10,000 campaigns and one of 100,000 influencers.
--- RASTRO_KIND=conversiones for conversions; RASTRO_DELAY_MS paces each
--- connection (wrk has no rate limit of its own).
+-- RASTRO_KIND=conversiones for conversions; RASTRO_DELAY_MS (fractions
+-- allowed) paces each connection: wrk has no rate limit of its own.
 --
 -- wrk shares the two cores with the server, so a request costs it as little
 -- as a fresh body allows: the request line and headers are formatted once,
@@ -56,6 +56,15 @@ end
 
 request = make_post
 
+-- wrk takes whole milliseconds from delay(): a fractional pace is kept by
+-- carrying the remainder from one request to the next (the average is the
+-- pace asked for).
 if pace > 0 then
-  delay = function() return pace end
+  local carry = 0
+  delay = function()
+    carry = carry + pace
+    local ms = math.floor(carry)
+    carry = carry - ms
+    return ms
+  end
 end
