@@ -26,6 +26,7 @@ struct js_store {
     int64_t head_cache;
     int64_t head_at_us;
     int64_t gap_logged;         /* the last unfillable gap we warned about */
+    int64_t fill_logged_us;     /* when a filled gap was last logged */
 };
 
 static int js_append(struct evstore *base, const struct event_in *ev, size_t n,
@@ -174,6 +175,10 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
     int rc = 0;
     int i = 0;
     bool delivered = false;
+    /* Never more than max events, gap fills included: the projector reads
+     * into a chunk of max (the fourteenth session found a gap of hundreds
+     * filled on top of a full fetch writing past one, and crashing). */
+    int64_t left = (int64_t)max;
     for (; i < list.Count && rc == 0; i++) {
         struct event_rec rec;
         if (wire_event_decode(list.Msgs[i], &rec, e) != ERR_OK) {
@@ -183,11 +188,15 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
         if (rec.position < s->next) {
             continue;       /* already had it */
         }
+        if (left == 0) {
+            break;          /* the rest is fetched again after a re-place */
+        }
         if (rec.position > s->next) {
             struct err ge;
             err_clear(&ge);
             int64_t before = s->next;
-            rc = fill_gap(s, s->next, rec.position, cb, arg, &ge);
+            int64_t upto = rec.position - before > left ? before + left : rec.position;
+            rc = fill_gap(s, before, upto, cb, arg, &ge);
             if (rc == ERR_IO) {
                 /* nowhere to fill it from: let the projector keep what it
                  * has so far, and next time hand it the event after the
@@ -208,10 +217,22 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
             if (rc != 0) {
                 break;
             }
-            s->next = rec.position;
+            left -= upto - before;
+            s->next = upto;
+            delivered = true;
+            if (s->fill_logged_us == 0 || time_mono_us() - s->fill_logged_us > 10000000) {
+                s->fill_logged_us = time_mono_us();
+                log_warn("positions missing from what the events consumer delivered: read one at a "
+                         "time from the stream (or the store)",
+                         "from=%lld to=%lld", (long long)before, (long long)(upto - 1));
+            }
+            if (left == 0) {
+                break;      /* rec again, after a re-place at s->next */
+            }
         }
         rc = cb(&rec, arg);
         delivered = true;
+        left--;
         s->next = rec.position + 1;
     }
     if (i > 0 && rc >= 0) {

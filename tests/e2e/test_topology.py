@@ -211,6 +211,52 @@ class TopologyTest(unittest.TestCase):
                 n.cleanup()
             nats.cleanup()
 
+    def test_a_gap_longer_than_a_read_is_filled_a_read_at_a_time(self):
+        """The first 649 of 700 events purged from TRACKING_EVENTS: a query
+        node with --store fills them from the store. Its projector reads at
+        most 512 events at a time; a fill on top of a fetch used to deliver
+        them all at once, writing past the projector's chunk (the fourteenth
+        session's bench crashed a query node so)."""
+        nats = NatsServer().start()
+        url = migrated("longgap")
+        bus = ["--bus", nats.url]
+        writer = Server(extra_args=bus + ["--role", "api,handler,relay", "--store", url])
+        nodes = [writer]
+        total, keep_from = 700, 650
+        try:
+            writer.start()
+            for i in range(total):
+                status, _, _, raw = writer.post("imp", {"id": "lg-%d" % i, K_CAMPANA: "c-lg"})
+                self.assertEqual(status, 202, raw)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                info = json.loads(nats_request(nats.port, "$JS.API.STREAM.INFO.TRACKING_EVENTS", b""))
+                if info["state"]["last_seq"] == total:
+                    break
+                time.sleep(0.05)
+            answer = json.loads(nats_request(nats.port, "$JS.API.STREAM.PURGE.TRACKING_EVENTS",
+                                             json.dumps({"seq": keep_from})))
+            self.assertEqual(answer.get("purged"), keep_from - 1, answer)
+            node = Server(extra_args=bus + ["--role", "query", "--store", url])
+            nodes.append(node)
+            node.start()
+            try:
+                js = stats(node, CAMPANAS, "c-lg", total)
+                self.assertEqual(js["total_impresiones"], total)
+                status, _, byid, raw = node.request("GET", "/tracking/queries/impresiones/lg-0")
+                self.assertEqual(status, 200, raw)
+                self.assertEqual(byid["id"], "lg-0")
+            except Exception:
+                node.dump_log("query node")     # a crash's report is there
+                raise
+            for n in nodes:
+                n.stop()
+        finally:
+            for n in nodes:
+                n.kill()
+                n.cleanup()
+            nats.cleanup()
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
