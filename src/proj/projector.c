@@ -197,12 +197,24 @@ struct pipe {
 
 struct decode_arg {
     struct chunk *c;
+    size_t max;                 /* what the read asked for: the chunk's room */
     const struct stats_acc *acc;
 };
 
 static int decode_cb(const struct event_rec *ev, void *arg)
 {
     struct decode_arg *a = arg;
+    if (a->c->n >= a->max) {
+        /* a store that breaks evstore_read's "up to max" (evstore_js did,
+         * until the fourteenth session): stop without keeping it; the next
+         * read starts right after the last event kept */
+        static _Atomic bool said;
+        if (!atomic_exchange(&said, true)) {
+            log_error("the event store delivered more events than asked for; the extra ones "
+                      "are read again", "position=%lld max=%zu", (long long)ev->position, a->max);
+        }
+        return 1;
+    }
     struct proj_decoded *d = &a->c->d[a->c->n++];
     proj_decode(ev, d);
     if (d->status == PROJ_OK) {     /* the names' hashes here, off the applier's thread */
@@ -219,7 +231,7 @@ static int read_chunk(struct projector *p, struct chunk *c, int64_t from, int64_
                       struct err *e)
 {
     c->n = 0;
-    struct decode_arg da = { .c = c, .acc = p->acc };
+    struct decode_arg da = { .c = c, .max = max > 0 ? (size_t)max : 0, .acc = p->acc };
     return max > 0 ? evstore_read(p->store, from, (size_t)max, decode_cb, &da, e) : 0;
 }
 
