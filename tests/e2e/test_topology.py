@@ -44,6 +44,29 @@ def stats(node, scope, key, min_position):
     return js
 
 
+def post_and_publish(test, nats, writer, prefix, campaign, total):
+    """total impressions through the writer (api, handler and relay), then
+    waits until the relay has published every one to TRACKING_EVENTS."""
+    for i in range(total):
+        status, _, _, raw = writer.post("imp", {"id": "%s-%d" % (prefix, i), K_CAMPANA: campaign})
+        test.assertEqual(status, 202, raw)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        info = json.loads(nats_request(nats.port, "$JS.API.STREAM.INFO.TRACKING_EVENTS", b""))
+        if info["state"]["last_seq"] == total:
+            return
+        time.sleep(0.05)
+    test.fail("the relay did not publish %d events in 30 s" % total)
+
+
+def kill_all(nodes, nats):
+    """The tests' finally: whatever still runs is killed, folders removed."""
+    for n in nodes:
+        n.kill()
+        n.cleanup()
+    nats.cleanup()
+
+
 @unittest.skipUnless(PG_DIR, "no PostgreSQL test cluster (RASTRO_TEST_PG_DIR unset)")
 class TopologyTest(unittest.TestCase):
 
@@ -169,16 +192,8 @@ class TopologyTest(unittest.TestCase):
         nodes = [writer]
         try:
             writer.start()
-            for i in range(10):
-                status, _, _, raw = writer.post("imp", {"id": "gap-%d" % i, K_CAMPANA: "c-gap"})
-                self.assertEqual(status, 202, raw)
-            # wait for the relay to publish all ten, then lose number 5
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                info = json.loads(nats_request(nats.port, "$JS.API.STREAM.INFO.TRACKING_EVENTS", b""))
-                if info["state"]["last_seq"] == 10:
-                    break
-                time.sleep(0.05)
+            post_and_publish(self, nats, writer, "gap", "c-gap", 10)
+            # then lose number 5
             answer = json.loads(nats_request(nats.port, "$JS.API.STREAM.MSG.DELETE.TRACKING_EVENTS",
                                              json.dumps({"seq": 5, "no_erase": True})))
             self.assertTrue(answer.get("success"), answer)
@@ -206,10 +221,7 @@ class TopologyTest(unittest.TestCase):
             for n in nodes:
                 n.stop()
         finally:
-            for n in nodes:
-                n.kill()
-                n.cleanup()
-            nats.cleanup()
+            kill_all(nodes, nats)
 
     def test_a_gap_longer_than_a_read_is_filled_a_read_at_a_time(self):
         """The first 649 of 700 events purged from TRACKING_EVENTS: a query
@@ -225,15 +237,7 @@ class TopologyTest(unittest.TestCase):
         total, keep_from = 700, 650
         try:
             writer.start()
-            for i in range(total):
-                status, _, _, raw = writer.post("imp", {"id": "lg-%d" % i, K_CAMPANA: "c-lg"})
-                self.assertEqual(status, 202, raw)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                info = json.loads(nats_request(nats.port, "$JS.API.STREAM.INFO.TRACKING_EVENTS", b""))
-                if info["state"]["last_seq"] == total:
-                    break
-                time.sleep(0.05)
+            post_and_publish(self, nats, writer, "lg", "c-lg", total)
             answer = json.loads(nats_request(nats.port, "$JS.API.STREAM.PURGE.TRACKING_EVENTS",
                                              json.dumps({"seq": keep_from})))
             self.assertEqual(answer.get("purged"), keep_from - 1, answer)
@@ -252,10 +256,7 @@ class TopologyTest(unittest.TestCase):
             for n in nodes:
                 n.stop()
         finally:
-            for n in nodes:
-                n.kill()
-                n.cleanup()
-            nats.cleanup()
+            kill_all(nodes, nats)
 
 
 if __name__ == "__main__":
