@@ -133,8 +133,10 @@ int json_escape(struct buf *b, const char *s, size_t n)
             len += 4;
         }
     }
-    memcpy(b->p + len, s + start, n - start);
-    len += n - start;
+    if (n > start) {    /* s may be NULL when n is 0 */
+        memcpy(b->p + len, s + start, n - start);
+        len += n - start;
+    }
     b->p[len++] = '"';
     b->p[len] = '\0';
     b->len = len;

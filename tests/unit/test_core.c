@@ -142,6 +142,13 @@ static void test_json_escape(void)
         buf_fini(&b);
     }
 
+    /* an empty string may come as NULL (sqlite3_column_text of a NULL) */
+    struct buf nb;
+    buf_init(&nb, 0);
+    CHECK(json_escape(&nb, NULL, 0) == ERR_OK);
+    CHECK_STR(nb.p, "\"\"");
+    buf_fini(&nb);
+
     /* capped: the output fits to the byte, or the call fails */
     static const char *cap_in[] = { "abcdefghij", "a\"b", "x\x01y", "0123456789\n" };
     for (size_t i = 0; i < ARRAY_LEN(cap_in); i++) {
