@@ -220,8 +220,9 @@ static int js_read(struct evstore *base, int64_t from, size_t max, evstore_cb cb
             left -= upto - before;
             s->next = upto;
             delivered = true;
-            if (s->fill_logged_us == 0 || time_mono_us() - s->fill_logged_us > 10000000) {
-                s->fill_logged_us = time_mono_us();
+            int64_t now = time_mono_us();
+            if (s->fill_logged_us == 0 || now - s->fill_logged_us > 10000000) {
+                s->fill_logged_us = now;
                 log_warn("positions missing from what the events consumer delivered: read one at a "
                          "time from the stream (or the store)",
                          "from=%lld to=%lld", (long long)before, (long long)(upto - 1));
